@@ -1,0 +1,109 @@
+"""GPT-2 with block multipliers.
+
+    h_0    = alpha_in * (wte[x] + wpe[t])
+    h      = h + alpha_attn * Attn(LN_1(h));  h = h + alpha_mlp * MLP(LN_2(h))    (each block)
+    logits = alpha_out * LN_f(h_L) @ W_out^T
+
+The multipliers are plain numbers handed in by the caller (mup/ computes them); this file does not know
+what muP is. q, k and v are separate n x n matrices so that Muon orthogonalizes each on its own. Modules
+are arranged so that each site a coordinate check measures (embedding output, every block's output, the
+final norm, the logits) is the output of one module and can be read with a forward hook.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from config import ModelConfig
+
+
+def norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    return nn.LayerNorm(dim, bias=cfg.bias) if cfg.norm == "layernorm" else nn.Identity()
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        n = cfg.n_embd
+        self.q, self.k, self.v, self.o = (nn.Linear(n, n, bias=cfg.bias) for _ in range(4))
+        self.head_dim = cfg.head_dim
+        self.scale = cfg.head_dim**-0.5 if cfg.attn_scale == "sqrt" else 1.0 / cfg.head_dim
+        self.dropout = cfg.dropout
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = (lin(x).view(B, T, -1, self.head_dim).transpose(1, 2) for lin in (self.q, self.k, self.v))
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=self.scale, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.o(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, alpha_attn: float, alpha_mlp: float):
+        super().__init__()
+        self.ln_1, self.attn = norm(cfg, cfg.n_embd), Attention(cfg)
+        self.ln_2, self.mlp = norm(cfg, cfg.n_embd), MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.alpha_attn, self.alpha_mlp = alpha_attn, alpha_mlp
+
+    def forward(self, h):
+        h = h + self.alpha_attn * self.drop(self.attn(self.ln_1(h)))
+        return h + self.alpha_mlp * self.drop(self.mlp(self.ln_2(h)))
+
+
+class Embedding(nn.Module):
+    def __init__(self, cfg: ModelConfig, alpha_in: float):
+        super().__init__()
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.alpha_in = alpha_in
+
+    def forward(self, idx):
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        return self.drop(self.alpha_in * (self.wte(idx) + self.wpe(pos)))
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: ModelConfig, alpha_out: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(cfg.vocab_size, cfg.n_embd))
+        self.alpha_out = alpha_out
+
+    def forward(self, x):
+        return self.alpha_out * F.linear(x, self.weight)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig, alpha_in=1.0, alpha_attn=1.0, alpha_mlp=1.0, alpha_out=1.0):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Embedding(cfg, alpha_in)
+        self.blocks = nn.ModuleList(Block(cfg, alpha_attn, alpha_mlp) for _ in range(cfg.n_layer))
+        self.ln_f = norm(cfg, cfg.n_embd)
+        self.head = Head(cfg, alpha_out)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.wte.weight
+
+    def forward(self, idx, targets=None):
+        if idx.shape[1] > self.cfg.block_size:
+            raise ValueError(f"sequence length {idx.shape[1]} exceeds model.block_size={self.cfg.block_size}")
+        h = self.embed(idx)
+        for block in self.blocks:
+            h = block(h)
+        logits = self.head(self.ln_f(h))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss

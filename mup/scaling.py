@@ -1,0 +1,119 @@
+"""The scaling table: every named parameter's role and concrete hyperparameters at this (width, depth).
+
+It is the single source for init (`init_parameters`), forward multipliers (`multipliers`) and optimizer
+groups (optim/); nothing else in the code multiplies by a width or depth ratio.
+"""
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from config import Config
+from model import GPT
+from mup import rules
+
+
+@dataclass
+class TensorHP:
+    name: str
+    role: str  # input | hidden | hidden_vector | output | final_norm
+    shape: list[int]
+    init_std: float | None  # None: not drawn from a Gaussian
+    multiplier: float  # block multiplier of the branch the tensor belongs to
+    lr: float
+    weight_decay: float
+    eps: float | None  # None: not optimized by AdamW
+    optimizer: str  # muon_kimi | muon | adamw | sgd
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def ratios(cfg: Config) -> tuple[float, float]:
+    """(r_n, r_L) as the parameterization sees them: SP sees the base shape everywhere."""
+    p = cfg.scaling.parameterization
+    r_n = cfg.model.n_embd / cfg.scaling.base_width
+    r_L = cfg.model.n_layer / cfg.scaling.base_depth
+    return {"sp": (1.0, 1.0), "mup_width": (r_n, 1.0)}.get(p, (r_n, r_L))
+
+
+def _scale(exp, r_n: float, r_L: float) -> float:
+    return r_n ** exp[0] * r_L ** exp[1]
+
+
+def multipliers(cfg: Config) -> dict[str, float]:
+    """Keyword arguments of model.GPT: the forward multipliers at this shape."""
+    f = rules.forward(rules.DEPTH_EXPONENT[cfg.scaling.parameterization])
+    (r_n, r_L), s = ratios(cfg), cfg.scaling
+    return {
+        "alpha_in": s.alpha_in * _scale(f["input"].multiplier, r_n, r_L),
+        "alpha_attn": s.alpha_attn * _scale(f["hidden"].multiplier, r_n, r_L),
+        "alpha_mlp": s.alpha_mlp * _scale(f["hidden"].multiplier, r_n, r_L),
+        "alpha_out": s.alpha_out * _scale(f["output"].multiplier, r_n, r_L),
+    }
+
+
+def role_and_branch(name: str, param: torch.nn.Parameter) -> tuple[str, str]:
+    """Role of a GPT parameter (see model.py's names) and the multiplier of its branch."""
+    if name.startswith("embed."):
+        return "input", "alpha_in"  # a tied LM head follows the input rules (SPEC: they coincide)
+    if name.startswith("head."):
+        return "output", "alpha_out"
+    if name.startswith("ln_f."):
+        return "final_norm", ""
+    if name.startswith("blocks."):
+        branch = "alpha_attn" if (".attn." in name or ".ln_1." in name) else "alpha_mlp"
+        return ("hidden" if param.ndim == 2 else "hidden_vector"), branch
+    raise ValueError(f"parameter {name!r} has no muP role; name it in mup/scaling.py:role_and_branch")
+
+
+def scaling_table(cfg: Config, model: torch.nn.Module) -> list[TensorHP]:
+    """One record per trainable parameter (tied tensors once, under their first name)."""
+    d = rules.DEPTH_EXPONENT[cfg.scaling.parameterization]
+    forward, (r_n, r_L), o = rules.forward(d), ratios(cfg), cfg.optim
+    hidden_opt, other_opt = rules.FAMILIES[o.name]
+    alphas = multipliers(cfg)
+    table = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        role, branch = role_and_branch(name, p)
+        opt = hidden_opt if role == "hidden" else other_opt
+        update = rules.UPDATES[opt](d)[role]
+        var = forward[role].init_var
+        lr = o.lr * _scale(update.lr, r_n, r_L) * (o.adamw_lr_ratio if opt == "adamw" else 1.0)
+        table.append(TensorHP(
+            name=name,
+            role=role,
+            shape=list(p.shape),
+            init_std=None if var is None else cfg.scaling.init_std * math.sqrt(_scale(var, r_n, r_L)),
+            multiplier=alphas[branch] if branch else 1.0,
+            lr=lr,
+            weight_decay=o.weight_decay * _scale(update.wd, r_n, r_L),
+            eps=o.eps * _scale(update.eps, r_n, r_L) if opt == "adamw" else None,
+            optimizer=opt,
+        ))
+    return table
+
+
+@torch.no_grad()
+def init_parameters(model: torch.nn.Module, table: list[TensorHP], generator: torch.Generator | None = None):
+    """Gaussian tensors get N(0, init_std^2); vectors: LayerNorm gains 1, biases 0."""
+    params = dict(model.named_parameters())
+    for rec in table:
+        p = params[rec.name]
+        if rec.init_std is not None:
+            p.normal_(0.0, rec.init_std, generator=generator)
+        elif rec.name.endswith(".weight"):
+            p.fill_(1.0)
+        else:
+            p.zero_()
+
+
+def build_model(cfg: Config, device="cpu"):
+    """The model with this config's multipliers and init, and its scaling table."""
+    model = GPT(cfg.model, **multipliers(cfg)).to(device)
+    table = scaling_table(cfg, model)
+    init_parameters(model, table)
+    return model, table

@@ -1,0 +1,55 @@
+"""Print the scaling table of a config: python -m mup.table [CONFIG.yaml] [key=value ...] [--json]
+
+--json prints a list of records {name, role, shape, init_std, multiplier, lr, weight_decay, eps,
+optimizer} for other tools; without it, a table a reader can hold next to SPEC-mup.md.
+"""
+
+import argparse
+import json
+import sys
+
+import torch
+
+from config import ConfigError, load_config
+from model import GPT
+from mup.scaling import multipliers, ratios, scaling_table
+
+
+def table_for(cfg):
+    with torch.device("meta"):  # shapes only: no memory, any size
+        model = GPT(cfg.model, **multipliers(cfg))
+    return scaling_table(cfg, model)
+
+
+def format_table(cfg, table) -> str:
+    r_n, r_L = ratios(cfg)
+    fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+    rows = [("name", "role", "shape", "init_std", "mult", "lr", "wd", "eps", "optimizer")]
+    rows += [(t.name, t.role, "x".join(map(str, t.shape)), fmt(t.init_std), fmt(t.multiplier), fmt(t.lr),
+              fmt(t.weight_decay), fmt(t.eps), t.optimizer) for t in table]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"{cfg.scaling.parameterization}, {cfg.optim.name}: n={cfg.model.n_embd} L={cfg.model.n_layer}"
+             f" (base {cfg.scaling.base_width}, {cfg.scaling.base_depth}; r_n={r_n:g}, r_L={r_L:g})"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config", nargs="?", help="YAML config (default: the embedded default)")
+    ap.add_argument("overrides", nargs="*", help="key=value")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if args.config and "=" in args.config:
+        args.overrides.insert(0, args.config)
+        args.config = None
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+    table = table_for(cfg)
+    print(json.dumps([t.to_json() for t in table], indent=1) if args.json else format_table(cfg, table))
+
+
+if __name__ == "__main__":
+    main()

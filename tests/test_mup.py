@@ -1,0 +1,143 @@
+"""The scaling table against SPEC-mup.md, with the expected values written out from the spec's tables
+(not from mup/rules.py's exponent form), so a wrong exponent anywhere fails here."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from config import load_config
+from mup.table import table_for
+
+ETA, LAM, EPS, SIGMA = 2**-7, 0.1, 1e-16, 0.02
+SHAPES = [(128, 2), (512, 16), (1024, 8), (256, 32)]
+PARAMS = ["sp", "mup", "mup_k1", "mup_width"]
+FAMILIES = ["muon_kimi", "muon", "adamw", "sgd"]
+
+
+def cfg_at(n, L, p="mup", opt="muon_kimi", **extra):
+    over = {"model.n_embd": n, "model.n_layer": L, "model.head_dim": 64, "model.vocab_size": 512,
+            "model.block_size": 64, "scaling.base_width": 256, "scaling.base_depth": 4,
+            "scaling.parameterization": p, "optim.name": opt, "optim.lr": ETA, "optim.weight_decay": LAM,
+            "optim.eps": EPS}
+    over.update(extra)
+    return load_config(None, over)
+
+
+def expected(p, opt, role, n, L):
+    """(init_std, multiplier, lr, wd, eps, optimizer) of a tensor role, straight from SPEC-mup.md."""
+    rn, rL = n / 256, L / 4
+    if p == "sp":
+        rn = rL = 1.0
+    if p == "mup_width":
+        rL = 1.0
+    k1 = p == "mup_k1"
+    sq = math.sqrt
+    hidden_opt, other_opt = {"muon_kimi": ("muon_kimi", "adamw"), "muon": ("muon", "adamw"),
+                             "adamw": ("adamw", "adamw"), "sgd": ("sgd", "sgd")}[opt]
+    o = hidden_opt if role == "hidden" else other_opt
+    # Tables A-D, rows "block multiplier" and "init variance"; k=1: hidden multiplier alpha/sqrt(r_L)
+    block = 1 / sq(rL) if k1 else 1 / rL
+    mult = {"input": 1.0, "hidden": block, "hidden_vector": block, "output": 1 / rn, "final_norm": 1.0}[role]
+    var = {"input": SIGMA**2, "hidden": SIGMA**2 / rn, "output": SIGMA**2}.get(role)
+    std = None if var is None else sq(var)
+    eps = None
+    if o == "muon_kimi":  # Table A; k=1 row Muon-Kimi
+        lr, wd = (ETA / sq(rn * rL), LAM * sq(rn)) if k1 else (ETA / sq(rn), LAM * sq(rn))
+    elif o == "muon":  # Table C; k=1 row Muon
+        lr, wd = (ETA / sq(rL), LAM) if k1 else (ETA, LAM)
+    elif o == "adamw":  # Table B; k=1 row AdamW
+        lr, wd, eps = {
+            "input": (ETA, LAM, EPS / rn),
+            "output": (ETA, LAM, EPS / rn),
+            "final_norm": (ETA, LAM, EPS / rn),
+            "hidden": (ETA / (rn * sq(rL)), LAM * rn, EPS / (rn * sq(rL))) if k1 else (ETA / rn, LAM * rn, EPS / (rn * rL)),
+            "hidden_vector": (ETA / sq(rL), LAM, EPS / (rn * sq(rL))) if k1 else (ETA, LAM, EPS / (rn * rL)),
+        }[role]
+    else:  # Table D; k=1 row SGD; the final norm is input-like
+        lr, wd = {
+            "input": (ETA * rn, LAM / rn),
+            "output": (ETA * rn, LAM / rn),
+            "final_norm": (ETA * rn, LAM / rn),
+            "hidden": (ETA, LAM / sq(rL)) if k1 else (ETA * rL, LAM / rL),
+            "hidden_vector": (ETA * rn, LAM / (rn * sq(rL))) if k1 else (ETA * rL * rn, LAM / (rL * rn)),
+        }[role]
+    return std, mult, lr, wd, eps, o
+
+
+def close(a, b):
+    return a is None and b is None or (a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9))
+
+
+@pytest.mark.parametrize("n,L", SHAPES)
+@pytest.mark.parametrize("p", PARAMS)
+@pytest.mark.parametrize("opt", FAMILIES)
+def test_table_matches_spec(n, L, p, opt):
+    table = table_for(cfg_at(n, L, p, opt))
+    roles = {t.role for t in table}
+    assert roles == {"input", "hidden", "hidden_vector", "final_norm"}  # tied head: input rules
+    for t in table:
+        std, mult, lr, wd, eps, o = expected(p, opt, t.role, n, L)
+        got = (t.init_std, t.multiplier, t.lr, t.weight_decay, t.eps)
+        assert all(close(g, e) for g, e in zip(got, (std, mult, lr, wd, eps))), (t.name, got, (std, mult, lr, wd, eps))
+        assert t.optimizer == o, t.name
+
+
+@pytest.mark.parametrize("p", PARAMS)
+@pytest.mark.parametrize("opt", FAMILIES)
+def test_untied_head_is_output(p, opt):
+    n, L = 1024, 8
+    table = table_for(cfg_at(n, L, p, opt, **{"model.tie_embeddings": False}))
+    (head,) = [t for t in table if t.name == "head.weight"]
+    std, mult, lr, wd, eps, o = expected(p, opt, "output", n, L)
+    assert head.role == "output" and close(head.multiplier, mult) and close(head.lr, lr)
+    assert close(head.init_std, std) and close(head.weight_decay, wd) and close(head.eps, eps)
+
+
+@pytest.mark.parametrize("opt", FAMILIES)
+def test_base_shape_identical_across_parameterizations(opt):
+    tables = {p: table_for(cfg_at(256, 4, p, opt)) for p in PARAMS}
+    ref = [t.to_json() for t in tables["sp"]]
+    for p, table in tables.items():
+        assert [t.to_json() for t in table] == ref, p
+
+
+def test_multiplier_goes_to_branch():
+    cfg = cfg_at(512, 16, "mup", **{"scaling.alpha_attn": 2.0, "scaling.alpha_mlp": 3.0, "scaling.alpha_out": 5.0,
+                                    "model.tie_embeddings": False})
+    by_name = {t.name: t for t in table_for(cfg)}
+    assert by_name["blocks.3.attn.v.weight"].multiplier == pytest.approx(2.0 / 4)
+    assert by_name["blocks.3.ln_1.weight"].multiplier == pytest.approx(2.0 / 4)
+    assert by_name["blocks.3.mlp.fc.bias"].multiplier == pytest.approx(3.0 / 4)
+    assert by_name["blocks.3.ln_2.bias"].multiplier == pytest.approx(3.0 / 4)
+    assert by_name["head.weight"].multiplier == pytest.approx(5.0 / 2)
+    assert by_name["ln_f.weight"].multiplier == 1.0
+
+
+def test_adamw_lr_ratio_scales_only_adamw():
+    base = {t.name: t.lr for t in table_for(cfg_at(512, 8, "mup", "muon"))}
+    tenth = table_for(cfg_at(512, 8, "mup", "muon", **{"optim.adamw_lr_ratio": 0.1}))
+    for t in tenth:
+        assert t.lr == pytest.approx(base[t.name] * (0.1 if t.optimizer == "adamw" else 1.0))
+
+
+def test_cli_json_contract():
+    out = subprocess.run([sys.executable, "-m", "mup.table", "model.n_embd=512", "model.n_layer=8", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    records = json.loads(out)
+    assert {tuple(sorted(r)) for r in records} == {tuple(sorted(
+        ["name", "role", "shape", "init_std", "multiplier", "lr", "weight_decay", "eps", "optimizer"]))}
+    q = next(r for r in records if r["name"] == "blocks.0.attn.q.weight")
+    assert q["shape"] == [512, 512] and q["optimizer"] == "muon_kimi" and q["eps"] is None
+    ln = next(r for r in records if r["name"] == "blocks.0.ln_1.weight")
+    assert ln["init_std"] is None and ln["role"] == "hidden_vector"
+
+
+def test_cli_readable_table_and_errors():
+    res = subprocess.run([sys.executable, "-m", "mup.table", "model.n_embd=100"], capture_output=True, text=True)
+    assert res.returncode != 0 and "model.n_embd=100 is not divisible by model.head_dim" in res.stderr
+    out = subprocess.run([sys.executable, "-m", "mup.table", "configs/default.yaml"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "blocks.3.mlp.proj.weight" in out and "muon_kimi" in out
