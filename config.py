@@ -193,7 +193,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _read_yaml(path: Path, seen: tuple = ()) -> dict:
+def read_yaml(path: Path, seen: tuple = ()) -> dict:
     """Flat {key: value} of a YAML file with its `base:` chain applied (parent first)."""
     path = path.resolve()
     if path in seen:
@@ -205,7 +205,7 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
         raise ConfigError(f"{path}: expected a mapping at the top level")
     flat = {}
     if "base" in raw:
-        flat.update(_read_yaml(path.parent / raw.pop("base"), seen + (path,)))
+        flat.update(read_yaml(path.parent / raw.pop("base"), seen + (path,)))
     flat.update(_flatten(raw))
     return flat
 
@@ -223,7 +223,7 @@ def parse_overrides(args: list[str]) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
     """Config from a YAML file (None: the embedded default) plus `key=value` overrides, validated."""
-    values = _read_yaml(Path(path) if path else DEFAULT_CONFIG)
+    values = read_yaml(Path(path) if path else DEFAULT_CONFIG)
     if isinstance(overrides, dict):
         values.update(overrides)
     else:
