@@ -1,0 +1,67 @@
+"""Batches of token windows from a prepared directory, as a pure function of (seed, split, step, rank, micro_step).
+
+No loader state means nothing to checkpoint: a resumed run, or a run on a different number of GPUs
+replaying the same ranks, sees exactly the batches it would have seen.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.format import DTYPE, SPLITS, default_dir, is_prepared, read_meta
+
+
+def resolve_data_dir(dataset, tokenizer):
+    """`dataset` is a corpus NAME (its default prepared directory for `tokenizer`) or a directory path."""
+    if dataset in ("openwebtext", "stdlib"):
+        return default_dir(dataset, tokenizer)
+    return Path(dataset).expanduser()
+
+
+def ensure_offline_corpus(tokenizer, ranks_file=None):
+    """Prepare the stdlib corpus if it is not there yet (offline, seconds); returns its directory."""
+    data_dir = default_dir("stdlib", tokenizer)
+    if not is_prepared(data_dir):
+        from data.prepare import prepare  # imports datasets; only paid for when there is work to do
+
+        prepare("stdlib", tokenizer=tokenizer, ranks_file=ranks_file)
+    return data_dir
+
+
+def open_dataset(data_dir, block_size=None):
+    """meta.json of a finished directory whose splits each hold at least one (block_size + 1)-token window."""
+    meta = read_meta(data_dir)
+    for split in SPLITS:
+        if block_size is not None and meta[f"{split}_tokens"] < block_size + 1:
+            raise ValueError(
+                f"{Path(data_dir) / split}.bin has {meta[f'{split}_tokens']} tokens, fewer than block_size + 1 = "
+                f"{block_size + 1}; use a smaller block_size or a larger corpus"
+            )
+    return meta
+
+
+class TokenBatches:
+    """Random windows of one split. get(step, rank, micro_step) -> (x, y), int64 tensors (batch_size, block_size)."""
+
+    def __init__(self, data_dir, split, block_size, batch_size, seed):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.meta = open_dataset(data_dir, block_size)
+        self.path = Path(data_dir) / f"{split}.bin"
+        self.n_tokens = self.meta[f"{split}_tokens"]
+        self.split_id = SPLITS.index(split)
+        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+
+    def offsets(self, step, rank=0, micro_step=0):
+        """Window starts, uniform over [0, n_tokens - block_size - 1]."""
+        rng = np.random.default_rng([self.seed, self.split_id, step, rank, micro_step])
+        return rng.integers(0, self.n_tokens - self.block_size, size=self.batch_size)
+
+    def get(self, step, rank=0, micro_step=0):
+        # A fresh read-only memmap per batch: a long-lived one lets its pages pile up in the process's
+        # memory (nanoGPT's note on the memmap leak), while reopening costs microseconds.
+        data = np.memmap(self.path, dtype=DTYPE, mode="r")
+        windows = np.stack([data[i : i + self.block_size + 1] for i in self.offsets(step, rank, micro_step)])
+        windows = torch.from_numpy(windows.astype(np.int64))
+        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()

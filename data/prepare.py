@@ -1,0 +1,194 @@
+"""python -m data.prepare NAME: a corpus -> train.bin, val.bin (uint16 token ids) and meta.json.
+
+The same pipeline for every corpus: documents -> tokenize (ds.map, EOT after every document) ->
+seeded document-level train/val split -> concatenate each split's tokens, in corpus order, into its .bin.
+Every file is written as .tmp and renamed into place, and meta.json comes last and is removed first when
+rebuilding, so an interrupted run can never pass for a finished one (see data.format). Re-running on a
+finished directory does nothing unless --force.
+
+    python -m data.prepare stdlib --tokenizer bytes      # offline corpus, seconds
+    python -m data.prepare openwebtext --num-proc 16     # the paper's data (~9B GPT-2 tokens)
+    python -m data.prepare files --input a.txt b.jsonl c.parquet --out data/prepared/mine
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from data.corpora import OPENWEBTEXT_ID, OPENWEBTEXT_REVISION, describe, load_documents
+from data.format import CORPORA, DTYPE, default_dir, read_meta
+from data.tokenizers import TOKENIZERS, get_tokenizer
+
+DEFAULT_SEED = 2357
+# nanoGPT's 0.05% leaves OpenWebText ~4M validation tokens; a small corpus needs a larger share.
+VAL_FRACTION = {"openwebtext": 0.0005}
+SMALL_CORPUS_VAL_FRACTION = 0.01
+DEFAULT_NUM_PROC = max(1, min(8, (os.cpu_count() or 1) // 2))
+
+
+def split_documents(n_docs, val_fraction, seed):
+    """(train, val) document indices, each in corpus order. Both splits get at least one document."""
+    if n_docs < 2:
+        raise ValueError(f"need at least 2 documents to make a train and a val split, got {n_docs}")
+    n_val = min(n_docs - 1, max(1, round(n_docs * val_fraction)))
+    order = np.random.default_rng(seed).permutation(n_docs)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _encode(batch, tokenizer, ranks_file):
+    tok = get_tokenizer(tokenizer, ranks_file)
+    ids = [doc + [tok.eot] for doc in tok.encode_batch(batch["text"])]
+    return {"ids": ids}
+
+
+def tokenize(docs, tokenizer, ranks_file=None, num_proc=None):
+    """One row of token ids (ending in EOT) per document; cached by datasets like any map."""
+    features = datasets.Features({"ids": datasets.List(datasets.Value("uint16"))})
+    return docs.map(
+        _encode,
+        batched=True,
+        fn_kwargs={"tokenizer": tokenizer, "ranks_file": ranks_file},
+        remove_columns=docs.column_names,
+        features=features,
+        num_proc=num_proc if num_proc and num_proc > 1 else None,
+        desc=f"tokenizing ({tokenizer})",
+    )
+
+
+def write_bin(tokens, path, batch_size=1024):
+    """Write all documents' ids back to back into `path` (atomically); returns the token count."""
+    tmp = path.with_name(path.name + ".tmp")
+    n_tokens = 0
+    with open(tmp, "wb") as f:
+        batches = tokens.with_format("arrow").iter(batch_size=batch_size)
+        for batch in tqdm(batches, total=-(-len(tokens) // batch_size), desc=f"writing {path.name}", unit="batch"):
+            ids = np.asarray(pc.list_flatten(batch["ids"]), dtype=DTYPE)
+            f.write(ids.tobytes())
+            n_tokens += len(ids)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return n_tokens
+
+
+def write_json(path, obj):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def prepare(
+    name,
+    out=None,
+    tokenizer="gpt2",
+    inputs=(),
+    val_fraction=None,
+    seed=DEFAULT_SEED,
+    num_proc=DEFAULT_NUM_PROC,
+    dataset_id=None,
+    revision=None,
+    ranks_file=None,
+    max_docs=None,
+    force=False,
+):
+    """Prepare corpus `name` into `out` (default: default_dir(name, tokenizer)); returns the directory."""
+    out = Path(out) if out else default_dir(name, tokenizer)
+    if val_fraction is None:
+        val_fraction = VAL_FRACTION.get(name, SMALL_CORPUS_VAL_FRACTION)
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val fraction must be in (0, 1), got {val_fraction}")
+    tok = get_tokenizer(tokenizer, ranks_file)  # fail before loading anything if it is unavailable
+    if tok.vocab_size > np.iinfo(DTYPE).max + 1:
+        raise ValueError(f"{tok.name} has {tok.vocab_size} ids, too many for {np.dtype(DTYPE).name}")
+    source = describe(name, inputs, dataset_id, revision, max_docs)
+    wanted = {"tokenizer": tok.name, "source": source, "split_seed": seed, "val_fraction": val_fraction}
+
+    if (out / "meta.json").exists() and not force:
+        try:
+            meta = read_meta(out)
+        except ValueError as e:
+            print(f"{e}\nrebuilding {out}")
+        else:
+            differ = [key for key, value in wanted.items() if meta.get(key) != value]
+            if differ:
+                raise ValueError(
+                    f"{out} already holds a different preparation (it differs in {', '.join(differ)}); "
+                    "pass --force to overwrite it or choose another --out"
+                )
+            print(
+                f"{out} is already prepared ({meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens); "
+                "nothing to do (--force rebuilds it)"
+            )
+            return out
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # from here on the directory counts as unfinished
+    tokens = tokenize(load_documents(source, num_proc), tok.name, ranks_file, num_proc)
+    train_idx, val_idx = split_documents(len(tokens), val_fraction, seed)
+    n_train = write_bin(tokens.select(train_idx), out / "train.bin")
+    n_val = write_bin(tokens.select(val_idx), out / "val.bin")
+    meta = {
+        "tokenizer": tok.name,
+        "vocab_size": tok.vocab_size,
+        "eot": tok.eot,
+        "train_tokens": n_train,
+        "val_tokens": n_val,
+        "train_docs": len(train_idx),
+        "val_docs": len(val_idx),
+        "source": source,
+        "split_seed": seed,
+        "val_fraction": val_fraction,
+        "dtype": np.dtype(DTYPE).name,
+    }
+    write_json(out / "meta.json", meta)
+    print(
+        f"wrote {out}: {n_train:,} train and {n_val:,} val tokens, from {len(train_idx):,} and {len(val_idx):,} documents"
+    )
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", choices=CORPORA, help="the corpus")
+    parser.add_argument("--out", help="output directory (default: data/prepared/NAME-TOKENIZER)")
+    parser.add_argument("--tokenizer", choices=TOKENIZERS, default="gpt2")
+    parser.add_argument(
+        "--input", nargs="+", default=[], metavar="PATH", help="files for NAME=files: .txt, .jsonl/.json, .parquet"
+    )
+    parser.add_argument(
+        "--val-fraction", type=float, help="share of documents held out (default: 0.0005 for openwebtext, else 0.01)"
+    )
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the train/val split")
+    parser.add_argument("--num-proc", type=int, default=DEFAULT_NUM_PROC, help="tokenizing processes")
+    parser.add_argument("--dataset-id", help=f"Hub dataset for openwebtext (default: {OPENWEBTEXT_ID})")
+    parser.add_argument("--revision", help=f"Hub revision for openwebtext (default: {OPENWEBTEXT_REVISION})")
+    parser.add_argument(
+        "--ranks-file", help="GPT-2 .tiktoken file for offline use (default: $GPT2_TIKTOKEN_FILE, else download)"
+    )
+    parser.add_argument("--max-docs", type=int, help="use only the first N documents (quick trials)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if OUT is already prepared")
+    args = parser.parse_args(argv)
+    prepare(
+        args.name,
+        out=args.out,
+        tokenizer=args.tokenizer,
+        inputs=args.input,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        num_proc=args.num_proc,
+        dataset_id=args.dataset_id,
+        revision=args.revision,
+        ranks_file=args.ranks_file,
+        max_docs=args.max_docs,
+        force=args.force,
+    )
+
+
+if __name__ == "__main__":
+    main()

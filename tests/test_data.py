@@ -1,0 +1,429 @@
+"""data/: tokenizers, prepare (local files, stdlib corpus, CLI), the prepared-directory format, the loader.
+
+Offline and fast: corpora are a few dozen documents written here, datasets' caches live in tmp_path,
+and GPT-2 comes from the repository's offline ranks file.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import data.format
+import data.prepare
+from data.corpora import stdlib_files, stdlib_root
+from data.format import default_dir, is_prepared, prepare_command, read_meta
+from data.loader import TokenBatches, ensure_offline_corpus, open_dataset, resolve_data_dir
+from data.prepare import prepare, split_documents
+from data.tokenizers import get_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+GPT2_FILE = Path(__file__).resolve().parents[2] / "shared/data/gpt2.tiktoken"
+needs_gpt2 = pytest.mark.skipif(not GPT2_FILE.is_file(), reason=f"offline GPT-2 ranks file not found at {GPT2_FILE}")
+TOKENIZERS = ["bytes", pytest.param("gpt2", marks=needs_gpt2)]
+
+# Documents with non-ASCII text, code, and a literal "<|endoftext|>" that must stay text.
+DOCS = [
+    "Hello world, the quick brown fox.",
+    "naïve café, 数据, 🚀\nsecond line\n",
+    "a literal <|endoftext|> is just text",
+    "def f(x):\n    return x * 2\n",
+] + [f"document {i}: " + "lorem ipsum " * (i % 5 + 1) for i in range(36)]
+
+
+@pytest.fixture(autouse=True)
+def offline_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.delenv("GPT2_TIKTOKEN_FILE", raising=False)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
+    monkeypatch.setattr(data.format, "PREPARED_ROOT", tmp_path / "prepared")  # never write into the repo
+
+
+def tokenizer(name):
+    return get_tokenizer(name, GPT2_FILE if name == "gpt2" else None)
+
+
+def write_corpus(directory, fmt, docs=DOCS):
+    directory.mkdir(parents=True, exist_ok=True)
+    if fmt == "txt":
+        paths = [directory / f"doc{i:03d}.txt" for i in range(len(docs))]
+        for path, doc in zip(paths, docs):
+            path.write_text(doc, encoding="utf-8")
+        return paths
+    if fmt == "jsonl":
+        path = directory / "docs.jsonl"
+        path.write_text("".join(json.dumps({"id": i, "text": doc}) + "\n" for i, doc in enumerate(docs)))
+        return [path]
+    path = directory / "docs.parquet"
+    pq.write_table(pa.table({"id": list(range(len(docs))), "text": docs}), path)
+    return [path]
+
+
+def bin_tokens(path):
+    return np.fromfile(path, dtype=np.uint16).tolist()
+
+
+def documents_in(tokens, eot):
+    """Split a token stream at EOT; every document must end with one."""
+    assert tokens and tokens[-1] == eot
+    docs, current = [], []
+    for t in tokens:
+        if t == eot:
+            docs.append(tuple(current))
+            current = []
+        else:
+            current.append(t)
+    return docs
+
+
+def check_prepared(out, docs, tok, val_fraction):
+    """Check `out` against an independent encoding of `docs`; returns the val documents' token lists.
+
+    Each split must be a run of whole documents, each its encoding followed by EOT, in corpus order, and
+    together the two splits must hold every document exactly once.
+    """
+    encoded = [tuple(ids) for ids in tok.encode_batch(docs)]
+    assert tok.eot not in {t for ids in encoded for t in ids}
+    found = {}
+    for split in ("train", "val"):
+        found[split] = documents_in(bin_tokens(out / f"{split}.bin"), tok.eot)
+        position = -1
+        for doc in found[split]:
+            position = next((j for j in range(position + 1, len(docs)) if encoded[j] == doc), None)
+            assert position is not None, f"{split}.bin holds a document that is not the corpus's next one"
+    assert Counter(found["train"] + found["val"]) == Counter(encoded)
+    assert len(found["val"]) == max(1, round(len(docs) * val_fraction))
+
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["tokenizer"] == tok.name
+    assert meta["vocab_size"] == tok.vocab_size
+    assert meta["eot"] == tok.eot
+    assert meta["dtype"] == "uint16"
+    assert meta["val_fraction"] == val_fraction
+    for split in ("train", "val"):
+        assert meta[f"{split}_docs"] == len(found[split])
+        assert meta[f"{split}_tokens"] == sum(len(doc) + 1 for doc in found[split])
+    return found["val"]
+
+
+# --- tokenizers ---------------------------------------------------------------------------------------
+
+
+@needs_gpt2
+def test_gpt2_offline_file_gives_gpt2_ids(monkeypatch):
+    tok = get_tokenizer("gpt2", GPT2_FILE)
+    assert (tok.name, tok.vocab_size, tok.eot) == ("gpt2", 50257, 50256)
+    hello = [15496, 995, 11, 262, 2068, 7586, 21831, 13]
+    assert tok.encode_batch(["Hello world, the quick brown fox."]) == [hello]
+    assert 50256 not in tok.encode_batch(["<|endoftext|>"])[0]  # special tokens are not parsed from text
+    monkeypatch.setenv("GPT2_TIKTOKEN_FILE", str(GPT2_FILE))
+    assert get_tokenizer("gpt2").encode_batch(["Hello world, the quick brown fox."]) == [hello]
+
+
+def test_gpt2_rejects_a_wrong_ranks_file(tmp_path):
+    bad = tmp_path / "bad.tiktoken"
+    bad.write_text("SGVsbG8= 0\n")
+    with pytest.raises(ValueError, match="[Hh]ash"):
+        get_tokenizer("gpt2", bad)
+
+
+def test_bytes_tokenizer_round_trips():
+    tok = get_tokenizer("bytes")
+    assert (tok.name, tok.vocab_size, tok.eot) == ("bytes", 256, 0)
+    text = "naïve café, 数据, 🚀"
+    [ids] = tok.encode_batch([text])
+    assert ids == list(text.encode("utf-8")) and len(ids) > len(text)
+    assert tok.decode(ids) == text
+
+
+def test_unknown_tokenizer():
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        get_tokenizer("sentencepiece")
+
+
+# --- prepare -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tok_name", TOKENIZERS)
+@pytest.mark.parametrize("fmt", ["txt", "jsonl", "parquet"])
+def test_prepare_files_gives_exact_tokens(tmp_path, fmt, tok_name):
+    inputs = write_corpus(tmp_path / "corpus", fmt)
+    out = prepare(
+        "files",
+        out=tmp_path / "out",
+        tokenizer=tok_name,
+        inputs=inputs,
+        ranks_file=GPT2_FILE,
+        val_fraction=0.1,
+        seed=3,
+        num_proc=1,
+    )
+    check_prepared(out, DOCS, tokenizer(tok_name), val_fraction=0.1)
+    meta = read_meta(out)
+    assert meta["source"] == {"name": "files", "files": [str(p.resolve()) for p in inputs]}
+    assert meta["split_seed"] == 3
+    assert not list(out.glob("*.tmp"))
+
+
+def test_prepare_mixed_inputs_keep_their_order(tmp_path):
+    parts = [DOCS[:10], DOCS[10:13], DOCS[13:]]
+    inputs = (
+        write_corpus(tmp_path / "a", "parquet", parts[0])
+        + write_corpus(tmp_path / "b", "txt", parts[1])
+        + write_corpus(tmp_path / "c", "jsonl", parts[2])
+    )
+    out = prepare("files", out=tmp_path / "out", tokenizer="bytes", inputs=inputs, val_fraction=0.2, num_proc=1)
+    check_prepared(out, DOCS, tokenizer("bytes"), val_fraction=0.2)
+
+
+def test_small_corpus_still_gets_a_val_document(tmp_path):
+    inputs = write_corpus(tmp_path / "corpus", "jsonl", DOCS[:3])
+    out = prepare("files", out=tmp_path / "out", tokenizer="bytes", inputs=inputs, num_proc=1)
+    assert check_prepared(out, DOCS[:3], tokenizer("bytes"), val_fraction=0.01) != []
+    with pytest.raises(ValueError, match="at least 2 documents"):
+        prepare(
+            "files", out=tmp_path / "one", tokenizer="bytes", inputs=write_corpus(tmp_path / "c1", "jsonl", DOCS[:1])
+        )
+
+
+def test_split_is_seeded():
+    train, val = split_documents(40, 0.25, seed=7)
+    assert len(val) == 10 and sorted(np.concatenate([train, val]).tolist()) == list(range(40))
+    again_train, again_val = split_documents(40, 0.25, seed=7)
+    assert np.array_equal(val, again_val) and np.array_equal(train, again_train)
+    assert not np.array_equal(val, split_documents(40, 0.25, seed=8)[1])
+
+
+def test_prepare_is_deterministic_per_seed(tmp_path):
+    inputs = write_corpus(tmp_path / "corpus", "jsonl")
+
+    def run(name, seed):
+        out = tmp_path / name
+        return prepare("files", out=out, tokenizer="bytes", inputs=inputs, val_fraction=0.25, seed=seed, num_proc=1)
+
+    a, b, c = run("a", 1), run("b", 1), run("c", 2)
+    for split in ("train.bin", "val.bin"):
+        assert (a / split).read_bytes() == (b / split).read_bytes()
+    assert (a / "val.bin").read_bytes() != (c / "val.bin").read_bytes()
+
+
+def test_rerun_is_a_noop_and_force_rebuilds(tmp_path, capsys):
+    inputs = write_corpus(tmp_path / "corpus", "txt")
+    kwargs = {"out": tmp_path / "out", "tokenizer": "bytes", "inputs": inputs, "num_proc": 1}
+    out = prepare("files", **kwargs)
+    files = sorted(out.iterdir())
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
+    capsys.readouterr()
+
+    prepare("files", **kwargs)
+    assert "already prepared" in capsys.readouterr().out
+    assert sorted(out.iterdir()) == files
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == before
+
+    with pytest.raises(ValueError, match="different preparation.*split_seed"):
+        prepare("files", **kwargs, seed=99)
+    prepare("files", **kwargs, force=True)
+    assert (out / "meta.json").stat().st_mtime_ns != before["meta.json"][0]
+    assert (out / "train.bin").read_bytes() == before["train.bin"][1]
+
+
+def test_truncated_bin_is_an_error_and_gets_rebuilt(tmp_path):
+    inputs = write_corpus(tmp_path / "corpus", "jsonl")
+    out = prepare("files", out=tmp_path / "out", tokenizer="bytes", inputs=inputs, num_proc=1)
+    good = (out / "train.bin").read_bytes()
+    with open(out / "train.bin", "r+b") as f:
+        f.truncate(len(good) - 2)
+    assert not is_prepared(out)
+    with pytest.raises(ValueError, match=r"truncated or corrupt.*python -m data\.prepare files .*--force"):
+        read_meta(out)
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        TokenBatches(out, "train", block_size=8, batch_size=2, seed=0)
+    prepare("files", out=out, tokenizer="bytes", inputs=inputs, num_proc=1)  # not finished, so not a no-op
+    assert (out / "train.bin").read_bytes() == good and is_prepared(out)
+
+
+def test_interrupted_prepare_is_never_finished(tmp_path, monkeypatch):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in ("train.bin.tmp", "val.bin.tmp", "meta.json.tmp"):
+        (partial / name).write_bytes(b"")
+    assert not is_prepared(partial)
+
+    inputs = write_corpus(tmp_path / "corpus", "jsonl")
+    out = prepare("files", out=tmp_path / "out", tokenizer="bytes", inputs=inputs, num_proc=1)
+    (out / "val.bin.tmp").write_bytes(b"\0" * 10)  # a stale partial write changes nothing
+    assert is_prepared(out)
+
+    real_write_bin = data.prepare.write_bin
+
+    def crash_on_val(tokens, path, **kwargs):
+        if path.name == "val.bin":
+            path.with_name("val.bin.tmp").write_bytes(b"\1\0")
+            raise KeyboardInterrupt
+        return real_write_bin(tokens, path, **kwargs)
+
+    monkeypatch.setattr(data.prepare, "write_bin", crash_on_val)
+    with pytest.raises(KeyboardInterrupt):
+        prepare("files", out=out, tokenizer="bytes", inputs=inputs, seed=5, num_proc=1, force=True)
+    assert not (out / "meta.json").exists() and not is_prepared(out)
+    with pytest.raises(FileNotFoundError, match="not a finished prepared directory"):
+        open_dataset(out)
+
+    monkeypatch.setattr(data.prepare, "write_bin", real_write_bin)
+    prepare("files", out=out, tokenizer="bytes", inputs=inputs, seed=5, num_proc=1)
+    check_prepared(out, DOCS, tokenizer("bytes"), val_fraction=0.01)
+    assert read_meta(out)["split_seed"] == 5
+
+
+def test_missing_directory_names_the_prepare_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"does not exist.*python -m data\.prepare stdlib --tokenizer bytes$"):
+        open_dataset(default_dir("stdlib", "bytes"))
+    elsewhere = tmp_path / "openwebtext-gpt2"
+    assert prepare_command(elsewhere) == f"python -m data.prepare openwebtext --tokenizer gpt2 --out {elsewhere}"
+    assert prepare_command(tmp_path / "mine") == f"python -m data.prepare NAME --out {tmp_path / 'mine'}"
+
+
+def test_stdlib_corpus(tmp_path):
+    files = stdlib_files()
+    relative = [p.relative_to(stdlib_root()) for p in files]
+    assert files == sorted(files) and all(p.suffix == ".py" and p.stat().st_size > 0 for p in files)
+    assert not [p for p in relative if {"site-packages", "test", "tests", "idle_test"} & set(p.parts)]
+    assert 5e6 < sum(p.stat().st_size for p in files) < 30e6
+    docs = [p.read_text(encoding="utf-8") for p in files[:50]]
+
+    out = prepare("stdlib", out=tmp_path / "out", tokenizer="bytes", max_docs=50, val_fraction=0.1, num_proc=1)
+    check_prepared(out, docs, tokenizer("bytes"), val_fraction=0.1)
+    source = read_meta(out)["source"]
+    assert source["name"] == "stdlib" and source["files"] == 50 and source["max_docs"] == 50
+
+
+def test_ensure_offline_corpus_prepares_once(tmp_path):
+    data_dir = ensure_offline_corpus("bytes")
+    assert data_dir == default_dir("stdlib", "bytes") == tmp_path / "prepared" / "stdlib-bytes"
+    meta = open_dataset(data_dir, block_size=128)
+    assert meta["source"]["name"] == "stdlib" and meta["train_docs"] + meta["val_docs"] == len(stdlib_files())
+    mtime = (data_dir / "meta.json").stat().st_mtime_ns
+    assert ensure_offline_corpus("bytes") == data_dir
+    assert (data_dir / "meta.json").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("tok_name", TOKENIZERS)
+def test_cli(tmp_path, tok_name):
+    inputs = write_corpus(tmp_path / "corpus", "txt") + write_corpus(tmp_path / "more", "jsonl", ["one more"])
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GPT2_TIKTOKEN_FILE": str(GPT2_FILE)}
+    command = [
+        sys.executable,
+        "-m",
+        "data.prepare",
+        "files",
+        "--input",
+        *map(str, inputs),
+        "--out",
+        str(out),
+        "--tokenizer",
+        tok_name,
+        "--num-proc",
+        "2",
+        "--val-fraction",
+        "0.1",
+        "--seed",
+        "11",
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    check_prepared(out, DOCS + ["one more"], tokenizer(tok_name), val_fraction=0.1)
+    assert read_meta(out)["split_seed"] == 11
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0 and "already prepared" in again.stdout
+
+
+# --- loader ------------------------------------------------------------------------------------------
+
+
+def make_prepared(directory, n_train, n_val):
+    """A prepared directory whose token at position i is i % 251 (train) or (i + 100) % 251 (val)."""
+    directory.mkdir(parents=True)
+    (np.arange(n_train) % 251).astype(np.uint16).tofile(directory / "train.bin")
+    ((np.arange(n_val) + 100) % 251).astype(np.uint16).tofile(directory / "val.bin")
+    meta = {
+        "tokenizer": "bytes",
+        "vocab_size": 256,
+        "eot": 0,
+        "train_tokens": n_train,
+        "val_tokens": n_val,
+        "train_docs": 1,
+        "val_docs": 1,
+        "source": {"name": "files", "files": []},
+        "split_seed": 0,
+        "val_fraction": 0.5,
+        "dtype": "uint16",
+    }
+    (directory / "meta.json").write_text(json.dumps(meta))
+    return directory
+
+
+def test_batches_are_a_pure_function_of_seed_step_rank_micro_step(tmp_path):
+    d = make_prepared(tmp_path / "d", n_train=10_000, n_val=3_000)
+    batches = TokenBatches(d, "train", block_size=16, batch_size=4, seed=1)
+    x, y = batches.get(step=5, rank=1, micro_step=2)
+    assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == torch.int64
+    x2, y2 = TokenBatches(d, "train", block_size=16, batch_size=4, seed=1).get(step=5, rank=1, micro_step=2)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    others = [
+        batches.get(6, 1, 2),
+        batches.get(5, 0, 2),
+        batches.get(5, 1, 3),
+        TokenBatches(d, "train", block_size=16, batch_size=4, seed=2).get(5, 1, 2),
+        TokenBatches(d, "val", block_size=16, batch_size=4, seed=1).get(5, 1, 2),
+    ]
+    for other_x, _ in others:
+        assert not torch.equal(x, other_x)
+
+
+def test_batches_read_the_windows_at_their_offsets(tmp_path):
+    d = make_prepared(tmp_path / "d", n_train=10_000, n_val=3_000)
+    for split, shift in (("train", 0), ("val", 100)):
+        batches = TokenBatches(d, split, block_size=16, batch_size=8, seed=0)
+        x, y = batches.get(step=3)
+        memmap = np.memmap(d / f"{split}.bin", dtype=np.uint16, mode="r")
+        for row, offset in enumerate(batches.offsets(step=3)):
+            assert x[row].tolist() == ((np.arange(offset, offset + 16) + shift) % 251).tolist()
+            assert x[row].tolist() == memmap[offset : offset + 16].tolist()
+        assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_offsets_cover_exactly_the_valid_range(tmp_path):
+    d = make_prepared(tmp_path / "d", n_train=19, n_val=17)  # block 16: starts 0..2 (train), 0 (val)
+    train = TokenBatches(d, "train", block_size=16, batch_size=64, seed=0)
+    assert set(train.offsets(step=0).tolist()) == {0, 1, 2}
+    assert set(TokenBatches(d, "val", block_size=16, batch_size=8, seed=0).offsets(step=0).tolist()) == {0}
+    _, y = train.get(step=0)
+    assert int(y.max()) == 18  # the last token is reachable as a target
+
+
+def test_loader_validates_before_any_compute(tmp_path):
+    d = make_prepared(tmp_path / "d", n_train=100, n_val=10)
+    with pytest.raises(ValueError, match="fewer than block_size"):
+        TokenBatches(d, "train", block_size=16, batch_size=2, seed=0)  # val.bin is too short
+    with pytest.raises(ValueError, match="split"):
+        TokenBatches(d, "test", block_size=4, batch_size=2, seed=0)
+    with pytest.raises(FileNotFoundError, match="python -m data.prepare"):
+        TokenBatches(tmp_path / "missing", "train", block_size=4, batch_size=2, seed=0)
+
+
+def test_resolve_data_dir(tmp_path):
+    assert resolve_data_dir("stdlib", "bytes") == default_dir("stdlib", "bytes")
+    assert resolve_data_dir("openwebtext", "gpt2") == default_dir("openwebtext", "gpt2")
+    assert resolve_data_dir(str(tmp_path / "mine"), "gpt2") == tmp_path / "mine"
