@@ -7,8 +7,8 @@
   standard library's own .py files (about 12 MB on CPython 3.11), one document per file, sorted by path.
   Left out: installed packages (site-packages), the test suites (any test/, tests/ or idle_test/
   directory) and empty files.
-- files: local files. Plain text (.txt, and Python source .py) is one document per file; JSON lines (.jsonl, .json) and Parquet
-  (.parquet) give one document per record, read from the "text" field.
+- files: local files. Plain text (.txt, or Python source .py) is one document per file; JSON lines (.jsonl,
+  .json) and Parquet (.parquet) give one document per record, read from the "text" field.
 
 Local files, stdlib included, are read by datasets' own builders (text, json, parquet), so they take
 the same path as Hub data and the same cache.

@@ -48,7 +48,7 @@ def _encode(batch, tokenizer, ranks_file):
 
 
 def tokenize(docs, tokenizer, ranks_file=None, num_proc=None):
-    """One row of token ids (ending in EOT) per document; cached by datasets like any map."""
+    """One row of token ids (ending in EOT) per document."""
     features = datasets.Features({"ids": datasets.List(datasets.Value("uint16"))})
     return docs.map(
         _encode,
@@ -57,6 +57,9 @@ def tokenize(docs, tokenizer, ranks_file=None, num_proc=None):
         remove_columns=docs.column_names,
         features=features,
         num_proc=num_proc if num_proc and num_proc > 1 else None,
+        # datasets fingerprints _encode by name, not by the tokenizer code behind it, so a cached result
+        # could silently outlive a change to that code; tokenizing again is the safe side.
+        load_from_cache_file=False,
         desc=f"tokenizing ({tokenizer})",
     )
 
@@ -148,7 +151,7 @@ def prepare(
     }
     write_json(out / "meta.json", meta)
     print(
-        f"wrote {out}: {n_train:,} train and {n_val:,} val tokens, from {len(train_idx):,} and {len(val_idx):,} documents"
+        f"wrote {out}: {n_train:,} train and {n_val:,} val tokens ({len(train_idx):,} and {len(val_idx):,} documents)"
     )
     return out
 
