@@ -130,10 +130,10 @@ def prepare(
             )
             return out
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").unlink(missing_ok=True)  # from here on the directory counts as unfinished
     tokens = tokenize(load_documents(source, num_proc), tok.name, ranks_file, num_proc)
     train_idx, val_idx = split_documents(len(tokens), val_fraction, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # from here on the directory counts as unfinished
     n_train = write_bin(tokens.select(train_idx), out / "train.bin")
     n_val = write_bin(tokens.select(val_idx), out / "val.bin")
     meta = {
