@@ -84,6 +84,7 @@ class TrainConfig:
     out_dir: str = "out/run"
     seed: int = 1
     resume: str = "none"  # none | auto (latest checkpoint in out_dir, if any)
+    stop_after: int | None = None  # checkpoint and stop after this step (time-limited jobs); resume later
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | bfloat16
     compile: bool = False

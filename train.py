@@ -264,8 +264,12 @@ def train(cfg: Config, run: Run, data_dir: Path, ckpt: dict | None) -> dict:
             log(record)
             loss_sum.zero_()
             window_t0, window_start = time.time(), done
-        if ckpt_due:
+        if ckpt_due or done == t.stop_after:
             checkpoint(done)
+        if done == t.stop_after:
+            if run.master:
+                print(f"stopped after step {done}; continue with train.resume=auto")
+            return finish("running", done, train_loss)
     result = finish("done", t.max_iters, train_loss)
     log({"step": t.max_iters, "val_loss": result["final_val_loss"]})
     if wandb_run is not None:

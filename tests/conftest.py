@@ -8,3 +8,32 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)  # the repo runs from its root
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+import pytest  # noqa: E402
+
+TINY_RUN = {  # a run that takes well under a second per step on one CPU thread
+    "model.n_embd": 32, "model.head_dim": 16, "model.n_layer": 2, "model.block_size": 16,
+    "model.vocab_size": 256, "data.tokenizer": "bytes", "train.batch_size": 4, "train.micro_batch_size": 4,
+    "train.max_iters": 6, "train.eval_interval": 3, "train.eval_iters": 2, "train.log_interval": 1,
+    "train.ckpt_interval": 3, "train.device": "cpu", "optim.warmup_iters": 2,
+}
+
+
+def overrides(d: dict) -> list[str]:
+    return [f"{k}={v}" for k, v in d.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A prepared byte-level corpus of a few dozen standard-library files, in a temporary directory."""
+    import sysconfig
+
+    from data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("corpus")
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:40]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HOME", str(root / "hf"))
+        mp.setenv("HF_DATASETS_CACHE", str(root / "hf" / "datasets"))
+        return prepare("files", out=root / "prepared", tokenizer="bytes", inputs=[str(f) for f in files],
+                       val_fraction=0.1, num_proc=1)
