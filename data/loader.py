@@ -4,6 +4,7 @@ No loader state means nothing to checkpoint: a resumed run, or a run on a differ
 replaying the same ranks, sees exactly the batches it would have seen.
 """
 
+import fcntl
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,17 @@ def resolve_data_dir(dataset, tokenizer):
 
 
 def ensure_offline_corpus(tokenizer, ranks_file=None):
-    """Prepare the stdlib corpus if it is not there yet (offline, seconds); returns its directory."""
-    data_dir = default_dir("stdlib", tokenizer)
-    if not is_prepared(data_dir):
-        from data.prepare import prepare  # imports datasets; only paid for when there is work to do
+    """Prepare the stdlib corpus if it is not there yet (offline, seconds); returns its directory.
 
-        prepare("stdlib", tokenizer=tokenizer, ranks_file=ranks_file)
+    A file lock makes concurrent first runs (test workers, several jobs on one machine) prepare it once."""
+    data_dir = default_dir("stdlib", tokenizer)
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(data_dir.parent / f".{data_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_prepared(data_dir):
+            from data.prepare import prepare  # imports datasets; only paid for when there is work to do
+
+            prepare("stdlib", tokenizer=tokenizer, ranks_file=ranks_file)
     return data_dir
 
 
