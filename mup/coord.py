@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import os
 from collections import defaultdict
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from data.loader import TokenBatches, ensure_offline_corpus, resolve_data_dir
 from mup import spectral
 from mup.scaling import build_model
 from optim.hybrid import build_optimizer
+from train import Run
 
 COLUMNS = ("parameterization", "width", "depth", "seed", "step", "site", "rms")
 SPECTRAL_COLUMNS = ("parameterization", "width", "depth", "seed", "step", "key", "value")
@@ -80,13 +80,10 @@ def run(cfg: Config, steps: int = 10, data: Path | None = None, spectral_product
     train.seed), at constant lr. Returns (rows, spectral_rows): rows as COLUMNS, and, if asked,
     spectral.report of every update t as SPECTRAL_COLUMNS (step t = the t-th update)."""
     cfg = with_values(cfg, **{"optim.schedule": "constant", "optim.warmup_iters": 0})
-    t = cfg.train
-    device = torch.device("cuda" if t.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if t.device == "auto" else t.device)
-    bf16 = t.dtype == "bfloat16" or (t.dtype == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    t, ctx = cfg.train, Run(cfg)  # train.py's device and numerics (bf16 autocast on CUDA, TF32)
+    ctx.start()
     torch.manual_seed(t.seed)
-    model, table = build_model(cfg, device)
+    model, table = build_model(cfg, ctx.device)
     optimizer = build_optimizer(cfg, model, table)
     batches = TokenBatches(data or data_dir(cfg), "train", cfg.model.block_size, t.micro_batch_size, t.seed)
     n_micro = t.batch_size // t.micro_batch_size
@@ -97,8 +94,8 @@ def run(cfg: Config, steps: int = 10, data: Path | None = None, spectral_product
     for step in range(1, steps + 2):
         training = step <= steps
         for micro in range(n_micro):
-            x, y = (v.to(device) for v in batches.get(step - 1, micro_step=micro))
-            with torch.set_grad_enabled(training), autocast:
+            x, y = (v.to(ctx.device) for v in batches.get(step - 1, micro_step=micro))
+            with torch.set_grad_enabled(training), ctx.autocast:
                 _, loss = model(x, y)
             if training:
                 (loss / n_micro).backward()

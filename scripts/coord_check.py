@@ -74,7 +74,8 @@ def main(argv=None):
 
     args.out.mkdir(parents=True, exist_ok=True)
     config_json = args.out / "config.json"
-    config_json.with_suffix(".tmp").write_text(json.dumps({"run": to_dict(cfg), "coord": dataclasses.asdict(sweep)}, indent=1))
+    resolved = {"run": to_dict(cfg), "coord": dataclasses.asdict(sweep)}
+    config_json.with_suffix(".tmp").write_text(json.dumps(resolved, indent=1))
     os.replace(config_json.with_suffix(".tmp"), config_json)
 
     rows, spectral_rows = run_sweep(cfg, sweep)
