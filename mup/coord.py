@@ -206,11 +206,13 @@ def seed_means(rows: list[dict], axis: str, site: str = "block_last") -> dict[st
 
 def verdict(rows: list[dict], axis: str) -> dict[str, dict]:
     """Per parameterization, for the seed-averaged ||h_L||_R at the last step: `slope` (least squares of
-    log2 rms on log2 width or depth; 0 is the muP ideal) and `ratio` (max / min over the sweep)."""
+    log2 rms on log2 width or depth; 0 is the muP ideal) and `ratio` (max / min over the sweep); both NaN
+    if a run diverged."""
     out = {}
     for p, by_step in seed_means(rows, axis).items():
         rms = by_step[max(by_step)]
         sizes, values = np.array(list(rms), dtype=float), np.array(list(rms.values()))
-        slope = float(np.polyfit(np.log2(sizes), np.log2(values), 1)[0]) if len(sizes) > 1 else float("nan")
+        fits = len(sizes) > 1 and np.isfinite(values).all()
+        slope = float(np.polyfit(np.log2(sizes), np.log2(values), 1)[0]) if fits else float("nan")
         out[p] = {"slope": slope, "ratio": float(values.max() / values.min()), "rms": rms}
     return out

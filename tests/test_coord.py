@@ -118,6 +118,16 @@ def test_first_step_is_the_initial_forward(corpus):
         assert {r["step"] for r in rows} == {1, 2}
 
 
+def test_verdict_reads_the_last_step_seed_mean():
+    """rms = c * width^0.5 at the last step once seeds are averaged; earlier steps do not count."""
+    rows = [dict(parameterization="mup", width=n, depth=2, seed=seed, step=step, site="block_last",
+                 rms=(n**0.5 + (1 if seed == 1 else -1) * 0.25) if step == 3 else float(n))
+            for n in (16, 64, 256) for seed in (1, 2) for step in (1, 2, 3)]
+    v = coord.verdict(rows, "width")["mup"]
+    assert v["slope"] == pytest.approx(0.5) and v["ratio"] == pytest.approx(4.0)
+    assert v["rms"] == pytest.approx({16: 4.0, 64: 8.0, 256: 16.0})
+
+
 def test_sweep_keys_are_checked():
     values = read_yaml(WIDTH)
     with pytest.raises(ConfigError, match="unknown coord key 'coord.widht'"):
