@@ -105,7 +105,7 @@ def run_name(point: dict) -> str:
     """`parameterization=mup,n_embd=256,log2_lr=-7`: each setting as written, keys shortened when unambiguous."""
     short = [key.rsplit(".", 1)[-1] for key in point]
     parts = [f"{s if short.count(s) == 1 else key}={value}" for s, (key, value) in zip(short, point.items())]
-    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", ",".join(parts))
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", ",".join(parts))  # safe in file names and shells
 
 
 def expand(key: str, value) -> tuple[str, object]:
@@ -262,7 +262,8 @@ def run_submitit(sweep: Sweep, runs: list[Run], args, cluster: str) -> None:
     jobs = executor.map_array(job, [run.name for run in runs])
     print(f"submitted {len(jobs)} jobs ({cluster}): {jobs[0].job_id.split('_')[0]} ...; logs in {args.out / 'submitit'}")
     by_job = dict(zip(jobs, runs))
-    for done in tqdm(submitit.helpers.as_completed(jobs), total=len(jobs), desc="sweep", unit="run"):
+    finished = submitit.helpers.as_completed(jobs, poll_frequency=1)  # Slurm's watcher throttles its own queries
+    for done in tqdm(finished, total=len(jobs), desc="sweep", unit="run"):
         error = done.exception()
         if error is not None and read_record(by_job[done].dir).get("status") not in FINISHED:
             record_failure(by_job[done], f"job {done.job_id} failed: {error}")  # died before it could record

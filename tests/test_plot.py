@@ -1,0 +1,108 @@
+"""scripts/plot.py: tables, optima and spread from run.json files with known losses; the figure files."""
+
+import json
+import math
+import sys
+
+import pytest
+
+from config import from_flat, read_yaml, to_dict
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import plot  # noqa: E402
+import sweep  # noqa: E402
+
+NAN = math.nan
+BASE = read_yaml(ROOT / "configs" / "sweeps" / "tiny_base.yaml")
+
+# Final val losses of seed 1 and seed 2 per (parameterization, width) and log2 LR -8, -7, -6.
+WIDTH = {
+    ("sp", 32): [(3.0, 3.2), (2.5, 2.7), (2.8, 2.8)],
+    ("sp", 64): [(2.4, 2.4), (2.6, 2.5), (2.9, NAN)],  # seed 2 at 2^-6 diverged: the cell is NaN
+    ("mup", 32): [(3.1, 3.1), (2.6, 2.6), (2.9, 2.7)],
+    ("mup", 64): [(2.7, 2.5), (2.3, 2.3), (2.4, 2.4)],
+}
+
+
+def write_run(sweep_dir, settings, loss, status=None):
+    """A run.json as train.py writes it, with the config resolved from tiny_base.yaml and `settings`."""
+    name = sweep.run_name(settings)
+    overrides = dict(sweep.expand(k, v) for k, v in settings.items())
+    run_dir = sweep_dir / name
+    run_dir.mkdir(parents=True)
+    status = status or ("done" if math.isfinite(loss) else "diverged")
+    record = {"status": status, "final_val_loss": loss if status == "done" else None,
+              "config": to_dict(from_flat({**BASE, **overrides, "train.out_dir": str(run_dir)}))}
+    (run_dir / "run.json").write_text(json.dumps(record))
+    return name, overrides
+
+
+@pytest.fixture
+def width_sweep(tmp_path):
+    index = {}
+    for (p, n), cells in WIDTH.items():
+        for x, seeds in zip((-8, -7, -6), cells):
+            for seed, loss in zip((1, 2), seeds):
+                name, overrides = write_run(tmp_path, {"scaling.parameterization": p, "model.n_embd": n,
+                                                       "log2_lr": x, "train.seed": seed}, loss)
+                index[name] = overrides
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": index}))
+    return tmp_path
+
+
+def test_tables_and_summary_match_hand_computed_values(width_sweep, tmp_path, capsys):
+    out = tmp_path / "plots"
+    plot.main([str(width_sweep), "--out", str(out)])
+    assert (out / "table_sp.md").read_text() == (
+        "| n | -8 | -7 | -6 |\n"
+        "|---|---|---|---|\n"
+        "| 32 | 3.100 | 2.600 | 2.800 |\n"
+        "| 64 | 2.400 | 2.550 | NaN |\n"
+    )
+    assert (out / "table_mup.csv").read_text() == "n,-8,-7,-6\n32,3.100,2.600,2.800\n64,2.600,2.300,2.400\n"
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary) == ["sp", "mup"]  # the sweep's order
+    sp, mup = summary["sp"], summary["mup"]
+    assert sp["axis"] == mup["axis"] == "width"
+    assert {n: b["log2_lr"] for n, b in sp["optima"].items()} == {"32": -7, "64": -8} and sp["spread"] == 1
+    assert {n: b["log2_lr"] for n, b in mup["optima"].items()} == {"32": -7, "64": -7} and mup["spread"] == 0
+    assert sp["optima"]["64"]["loss"] == pytest.approx(2.4) and mup["optima"]["32"]["loss"] == pytest.approx(2.6)
+    printed = capsys.readouterr().out
+    assert "sp (width): optimal log2_lr n=32: -7  n=64: -8  -> spread 1" in printed
+
+
+def test_figure_is_a_png_and_a_pdf(width_sweep):
+    plot.main([str(width_sweep)])
+    assert (width_sweep / "lr_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (width_sweep / "lr_sweep.pdf").read_bytes()[:5] == b"%PDF-"
+    assert (width_sweep / "summary.json").exists()
+
+
+def test_depth_axis_failed_and_missing_runs(tmp_path, capsys):
+    """A depth sweep: rows are L; a failed run and a run with no run.json yet are NaN, not errors."""
+    index = {}
+    for L, losses in ((2, (3.0, 2.0)), (4, (2.9, NAN))):
+        for x, loss in zip((-6, -5), losses):
+            status = "failed" if math.isnan(loss) else None
+            name, overrides = write_run(tmp_path, {"model.n_layer": L, "log2_lr": x}, loss, status)
+            index[name] = overrides
+    index["n_layer=8,log2_lr=-5"] = {"model.n_layer": 8, "optim.lr": 2**-5}  # not run yet
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": index}))
+    plot.main([str(tmp_path)])
+    assert (tmp_path / "table_mup.md").read_text().splitlines()[0] == "| L | -6 | -5 |"
+    assert (tmp_path / "table_mup.csv").read_text() == "L,-6,-5\n2,3.000,2.000\n4,2.900,NaN\n"
+    summary = json.loads((tmp_path / "summary.json").read_text())["mup"]
+    assert summary["axis"] == "depth" and summary["spread"] == 1
+    assert summary["optima"]["4"] == {"log2_lr": -6, "loss": 2.9}
+    assert "1 runs have no run.json yet" in capsys.readouterr().out
+
+
+def test_weight_decay_sweep_is_plotted_against_log2_wd(tmp_path):
+    for n, losses in ((32, (2.5, 2.4, 2.6)), (64, (2.2, 2.3, 2.35))):
+        for y, loss in zip((-2, -1, 0), losses):
+            write_run(tmp_path, {"model.n_embd": n, "log2_wd": y}, loss)
+    plot.main([str(tmp_path)])  # no sweep.json: every run.json under the directory
+    summary = json.loads((tmp_path / "summary.json").read_text())["mup"]
+    assert summary["optima"] == {"32": {"log2_wd": -1, "loss": 2.4}, "64": {"log2_wd": -2, "loss": 2.2}}
+    assert (tmp_path / "wd_sweep.png").exists() and (tmp_path / "wd_sweep.pdf").exists()
