@@ -140,7 +140,7 @@ def _fields(obj) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(obj)}
 
 
-def _check_type(key: str, value, tp):
+def check_type(key: str, value, tp):
     """Return `value` as type `tp` (int is accepted for float), or raise naming the key."""
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         args = typing.get_args(tp)
@@ -152,7 +152,7 @@ def _check_type(key: str, value, tp):
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+        return [check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
@@ -181,7 +181,7 @@ def _set(cfg: Config, key: str, value) -> None:
         if i == len(parts) - 1:
             if dataclasses.is_dataclass(getattr(node, part)):
                 raise ConfigError(f"{key}: is a section; set its keys, e.g. {key}.{next(iter(_fields(getattr(node, part))))}")
-            setattr(node, part, _check_type(key, value, names[part].type))
+            setattr(node, part, check_type(key, value, names[part].type))
         else:
             node = getattr(node, part)
             if not dataclasses.is_dataclass(node):

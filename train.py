@@ -99,13 +99,13 @@ class Run:
         return t
 
 
-def check(cfg: Config, run: Run) -> tuple[Path, dict | None]:
-    """Everything about the input that can be wrong, before any compute: data, vocab, checkpoint."""
-    validate(cfg, run.world)
+def check_data(cfg: Config, master: bool = True) -> Path:
+    """The prepared corpus of `cfg`, checked against the model; the offline one is prepared on first use
+    (offline and quick, so the embedded default runs on a fresh machine)."""
     data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.tokenizer)
-    if cfg.data.dataset == "stdlib" and run.master:
-        ensure_offline_corpus(cfg.data.tokenizer)  # offline and quick: the default runs on a fresh machine
-    if run.ddp:
+    if cfg.data.dataset == "stdlib" and master:
+        ensure_offline_corpus(cfg.data.tokenizer)
+    if dist.is_initialized():
         dist.barrier()
     meta = open_dataset(data_dir, cfg.model.block_size)
     if meta["vocab_size"] > cfg.model.vocab_size:
@@ -113,6 +113,13 @@ def check(cfg: Config, run: Run) -> tuple[Path, dict | None]:
                           f" ({meta['vocab_size']}, {meta['tokenizer']})")
     if meta["tokenizer"] != cfg.data.tokenizer:
         raise ConfigError(f"data.tokenizer={cfg.data.tokenizer!r} but {data_dir} holds {meta['tokenizer']!r} tokens")
+    return data_dir
+
+
+def check(cfg: Config, run: Run) -> tuple[Path, dict | None]:
+    """Everything about the input that can be wrong, before any compute: data, vocab, checkpoint."""
+    validate(cfg, run.world)
+    data_dir = check_data(cfg, run.master)
     if cfg.log.wandb:
         try:
             import wandb  # noqa: F401

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import PARAMETERIZATIONS, Config, ConfigError, _check_type, flat_dict, from_flat
-from data.loader import TokenBatches, ensure_offline_corpus, resolve_data_dir
+from config import PARAMETERIZATIONS, Config, ConfigError, check_type, flat_dict, from_flat
+from data.loader import TokenBatches
 from mup import spectral
 from mup.scaling import build_model
 from optim.hybrid import build_optimizer
-from train import Run
+from train import Run, check_data
 
 COLUMNS = ("parameterization", "width", "depth", "seed", "step", "site", "rms")
 SPECTRAL_COLUMNS = ("parameterization", "width", "depth", "seed", "step", "key", "value")
@@ -68,13 +68,6 @@ def with_values(cfg: Config, **values) -> Config:
     return from_flat({**flat_dict(cfg), **values})
 
 
-def data_dir(cfg: Config) -> Path:
-    """The prepared corpus of `cfg`; the offline one is prepared on first use."""
-    if cfg.data.dataset == "stdlib":
-        return ensure_offline_corpus(cfg.data.tokenizer)
-    return resolve_data_dir(cfg.data.dataset, cfg.data.tokenizer)
-
-
 def run(cfg: Config, steps: int = 10, data: Path | None = None, spectral_products: bool = False):
     """One coordinate-check run of `cfg` as given (the caller sets width, depth, parameterization and
     train.seed), at constant lr. Returns (rows, spectral_rows): rows as COLUMNS, and, if asked,
@@ -85,7 +78,7 @@ def run(cfg: Config, steps: int = 10, data: Path | None = None, spectral_product
     torch.manual_seed(t.seed)
     model, table = build_model(cfg, ctx.device)
     optimizer = build_optimizer(cfg, model, table)
-    batches = TokenBatches(data or data_dir(cfg), "train", cfg.model.block_size, t.micro_batch_size, t.seed)
+    batches = TokenBatches(data or check_data(cfg), "train", cfg.model.block_size, t.micro_batch_size, t.seed)
     n_micro = t.batch_size // t.micro_batch_size
     probe = ActivationRMS(model)
     run_key = dict(parameterization=cfg.scaling.parameterization, width=cfg.model.n_embd,
@@ -143,7 +136,7 @@ def split_sweep(values: dict) -> tuple[Sweep, dict]:
         name = key.removeprefix("coord.")
         if name not in fields:
             raise ConfigError(f"unknown coord key {key!r}; valid: {', '.join('coord.' + f for f in fields)}")
-        coord[name] = _check_type(key, value, fields[name].type)
+        coord[name] = check_type(key, value, fields[name].type)
     sweep = Sweep(**coord)
     if sweep.axis not in AXES:
         raise ConfigError(f"coord.axis: {sweep.axis!r} is not one of {', '.join(AXES)}")
@@ -165,7 +158,7 @@ def run_sweep(cfg: Config, sweep: Sweep, log=print):
     """Every (parameterization, size, seed) of the sweep; returns (rows, spectral_rows) as in `run`."""
     fixed_key = AXES["depth" if sweep.axis == "width" else "width"]
     fixed = sweep.depth if sweep.axis == "width" else sweep.width
-    data, rows, spectral_rows = data_dir(cfg), [], []
+    data, rows, spectral_rows = check_data(cfg), [], []
     for p in sweep.parameterizations:
         for size in sweep.sizes:
             for seed in sweep.seeds:
