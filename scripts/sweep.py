@@ -34,7 +34,6 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -271,14 +270,18 @@ def run_submitit(sweep: Sweep, runs: list[Run], args, cluster: str) -> None:
 
 @functools.cache
 def flops_per_token(model: tuple) -> float:
+    """Forward + backward FLOPs per token of a ModelConfig (as a tuple, to cache it), counted by torch:
+    6 N for the matmuls (N with the LM head) plus 12 L n T for attention."""
     with torch.device("meta"):
         return perf.train_flops_per_token(GPT(ModelConfig(*model)))
 
 
+def run_tokens(cfg: Config) -> int:
+    return cfg.train.max_iters * cfg.train.batch_size * cfg.model.block_size
+
+
 def train_flops(cfg: Config) -> float:
-    """Tokens x training FLOPs per token, counted by torch (6N for the matmuls plus 12 L n T for attention)."""
-    tokens = cfg.train.max_iters * cfg.train.batch_size * cfg.model.block_size
-    return tokens * flops_per_token(dataclasses.astuple(cfg.model))
+    return run_tokens(cfg) * flops_per_token(dataclasses.astuple(cfg.model))
 
 
 def gpu_hours(flops: float) -> float:
@@ -292,9 +295,8 @@ def dry_run(sweep: Sweep, pending: list[Run], gpus_per_run: int) -> None:
         flops = train_flops(run.config)
         total += flops
         remaining += flops if run.name in todo else 0.0
-        tokens = run.config.train.max_iters * run.config.train.batch_size * run.config.model.block_size
-        print(f"{'run ' if run.name in todo else 'skip'}  {run.name}  {tokens / 1e6:.3g}M tokens"
-              f"  {flops / tokens / 1e9:.3g} GFLOP/token  {gpu_hours(flops):.3g} GPU-h")
+        print(f"{'run ' if run.name in todo else 'skip'}  {run.name}  {run_tokens(run.config) / 1e6:.4g}M tokens"
+              f"  {flops / run_tokens(run.config) / 1e9:.3g} GFLOP/token  {gpu_hours(flops):.3g} GPU-h")
     print(f"{len(sweep.runs)} runs ({len(pending)} to run); training FLOPs {total:.3g} ({remaining:.3g} to run)"
           f" = {gpu_hours(total):.3g} {GPU}-hours ({gpu_hours(remaining):.3g} to run) at {MFU:.0%} MFU of"
           f" {perf.PEAK_BF16[GPU] / 1e12:.0f} TFLOP/s (dense bf16); evaluation not counted")
@@ -344,11 +346,15 @@ def main(argv=None) -> int:
         index = {"sweep": str(sweep.file), "base": str(sweep.base), "runs": {r.name: r.overrides for r in runs}}
         write_atomic(args.out / SWEEP_JSON, json.dumps(index, indent=1))
     print(f"{len(runs)} runs, {len(runs) - len(pending)} already finished, {len(pending)} to run ({args.out})")
-    if pending:
-        if args.backend == "local":
+    try:
+        if pending and args.backend == "local":
             run_local(sweep, pending, workers, args.gpus_per_run)
-        else:
+        elif pending:
             run_submitit(sweep, pending, args, "slurm" if args.backend == "slurm" else "local")
+    except KeyboardInterrupt:
+        print("interrupted; the same command continues the sweep (for slurm: once the submitted jobs have ended)",
+              file=sys.stderr)
+        return 130
     statuses = [read_record(run.dir).get("status") for run in pending]
     failed = len(pending) - statuses.count("done") - statuses.count("diverged")
     print(f"done {statuses.count('done')}, diverged {statuses.count('diverged')}, failed {failed},"

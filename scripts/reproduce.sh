@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Every figure and table of the paper: bash scripts/reproduce.sh [paper|tiny] (default paper)
+#
+# paper: OpenWebText, GPT-2 tokens, on the GPUs of this machine (sweep.py runs one run per GPU; for Slurm
+#   add --backend slurm --partition P to the sweep commands). GPU-hours below are training FLOPs over an
+#   H100's dense bf16 peak (989 TFLOP/s) at an assumed 40% MFU, FLOPs per token counted by torch on the
+#   meta device (= 6 N + 12 L n T, N the matmul parameters with the LM head, T = 1024), tokens = 1221 x 240
+#   x 1024 = 300.1M per run; evaluation not counted. Example, n = 4096, L = 4: N = 4 x 12 n^2 + 50304 n =
+#   1.011e9, 6 N + 12 L n T = 6.27e9 FLOP/token, x 300.1M tokens = 1.88e18 FLOP / 3.96e14 FLOP/s = 1.32 h.
+#   Small models run well below 40% MFU, so read the small runs' hours as lower bounds.
+#   `python scripts/sweep.py SWEEP.yaml --out DIR --dry-run` prints these numbers per run.
+# tiny: the same experiments at CPU scale on the offline stdlib corpus (configs/sweeps/tiny_*.yaml);
+#   CPU-minutes are upper estimates from timed 20-step runs on one thread of a shared machine.
+#
+# Rerunning continues: finished sweep runs are skipped, interrupted ones resume from their checkpoints.
+# A sweep with failed runs exits nonzero and stops this script; rerun it to retry them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-paper}
+OUT=${OUT:-out/$MODE}
+case $MODE in
+  paper) P=""; WORKERS=() ;;
+  tiny) P="tiny_"; WORKERS=(--workers 2) ;;
+  *) echo "usage: $0 [paper|tiny]" >&2; exit 2 ;;
+esac
+
+sweep() {  # sweep NAME: run configs/sweeps/[tiny_]NAME.yaml into $OUT/NAME, then its tables and figure
+  python scripts/sweep.py "configs/sweeps/$P$1.yaml" --out "$OUT/$1" "${WORKERS[@]}"
+  python scripts/plot.py "$OUT/$1"
+}
+
+# Data. paper: OpenWebText (network; ~9B tokens, hours of CPU with --num-proc). tiny: seconds, offline.
+if [ "$MODE" = paper ]; then
+  python -m data.prepare openwebtext --tokenizer gpt2
+else
+  python -m data.prepare stdlib --tokenizer bytes
+fi
+
+# Fig. 1(a, b): coordinate checks against width and depth (10 steps per point).
+python scripts/coord_check.py "configs/coord/${P}width.yaml" --out "$OUT/coord_width"
+python scripts/coord_check.py "configs/coord/${P}depth.yaml" --out "$OUT/coord_depth"
+
+# Fig. 1(c), Tables 8-9: LR vs width, SP and muP. paper: 72 runs, 23.4 H100-hours. tiny: 48 runs, 34 CPU-min.
+sweep width
+# Fig. 1(d), Tables 10-11: LR vs depth with LayerNorm. paper: 70 runs, 9.6 H100-hours. tiny: 50 runs, 45 CPU-min.
+sweep depth
+# Fig. 2, Tables 12-13: LR vs depth without LayerNorm. paper: 70 runs, 9.6 H100-hours. tiny: 55 runs, 49 CPU-min.
+sweep depth_noln
+# v2: muP k=1 vs k>=2 across depth. paper: 84 runs, 11.5 H100-hours. tiny: 60 runs, 54 CPU-min.
+sweep depth_k1
+# v2: weight-decay transfer across width (x axis log2 weight decay). paper: 30 runs, 9.8 H100-hours. tiny: 20 runs, 14 CPU-min.
+sweep wd_width
+# Total sweeps: paper 326 runs, 63.9 H100-hours; tiny 233 runs, ~3.3 CPU-hours (~1.7 h with 2 workers on 2 cores).
+
+echo "done: tables, figures and summary.json under $OUT/*/"
