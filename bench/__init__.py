@@ -1,0 +1,9 @@
+"""Benchmarks that print a table and append their numbers to bench/results.jsonl (not part of pytest).
+
+    python -m bench.peer        this repo's GPT vs transformers' GPT2LMHeadModel, step time and memory (CPU)
+    python -m bench.overhead    muP vs SP; Muon-Kimi vs AdamW and its Newton-Schulz FLOPs; NS dtype
+    python -m bench.prepare     data.prepare tokens/s vs a bare tiktoken loop
+    python -m bench.gpu         tokens/s and MFU with bf16 + torch.compile (skips without CUDA)
+
+`transformers` is a benchmark-only extra: pip install -e .[bench] or pip install transformers.
+"""

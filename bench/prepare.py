@@ -1,0 +1,146 @@
+"""python -m bench.prepare: tokens/s of data.prepare on the offline corpus vs a bare tiktoken loop.
+
+Both turn the same text, the standard-library corpus (data.corpora.stdlib_files), into GPT-2 tokens from
+the offline ranks file ($GPT2_TIKTOKEN_FILE, else ../shared/data/gpt2.tiktoken), with the same budget of N workers (--workers, default: the usable cores):
+- prepare: data.prepare.prepare("stdlib") into a temporary directory with a fresh, temporary datasets
+  cache each time, i.e. a first preparation: datasets' text builder, the tokenizing map over N processes
+  (one tiktoken thread each), the train/val split, and train.bin/val.bin written and fsynced.
+- bare: list and read the same files, then one tiktoken encode_ordinary_batch(texts, num_threads=N).
+  Nothing is converted or written: the ceiling a pipeline could reach.
+tokens/s counts the text's tokens for both (prepare's EOT separators are left out). The GPT-2 tables are
+built once beforehand (they are cached per process and the map's forked workers inherit them). The bytes
+tokenizer's preparation is a third row for reference. Target: prepare >= 0.8 of the bare loop.
+
+Then one more preparation with its stages timed (datasets loading, tokenizing map, writing, the rest),
+and, for the map, the cost of turning the bare loop's token lists into Arrow rows the way the map's writer
+does, so a gap to the bare loop has a measured cause.
+"""
+
+import argparse
+import contextlib
+import io
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from unittest import mock
+
+import datasets
+
+import data.corpora
+import data.prepare
+from bench.common import add_timing_args, interleaved, ms, print_table, record
+from data.corpora import stdlib_files
+from data.format import read_meta
+from data.tokenizers import get_tokenizer
+
+SHARED_RANKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2.tiktoken"  # the offline copy
+RANKS_FILE = os.environ.get("GPT2_TIKTOKEN_FILE") or (SHARED_RANKS if SHARED_RANKS.exists() else None)
+STAGES = ((data.prepare, "load_documents"), (data.prepare, "tokenize"), (data.prepare, "write_bin"))
+LISTING = (data.corpora, "stdlib_files")  # inside the stages above: timed on its own, not in the total
+
+
+def prepare_once(tokenizer: str, workers: int) -> dict:
+    """One first-time preparation of the stdlib corpus in a throwaway directory and datasets cache."""
+    quiet = io.StringIO()  # progress bars and the closing message
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, {"HF_DATASETS_CACHE": f"{tmp}/hf"}), \
+            contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        out = data.prepare.prepare("stdlib", out=f"{tmp}/out", tokenizer=tokenizer, ranks_file=RANKS_FILE,
+                                   num_proc=workers)
+        return read_meta(out)
+
+
+def bare_loop(workers: int) -> int:
+    """Tokens of the corpus's text, by reading its files and one tiktoken batch call."""
+    texts = [path.read_text(encoding="utf-8") for path in stdlib_files()]
+    ids = get_tokenizer("gpt2", RANKS_FILE).enc.encode_ordinary_batch(texts, num_threads=workers)
+    return sum(map(len, ids))
+
+
+def text_tokens(meta: dict) -> int:
+    return meta["train_tokens"] + meta["val_tokens"] - meta["train_docs"] - meta["val_docs"]
+
+
+def stage_times(workers: int) -> tuple[dict, dict]:
+    """Seconds in each stage of one preparation, by wrapping the functions data.prepare calls; and the
+    calls and seconds of listing the corpus's files (they happen inside the stages)."""
+    spent, calls = defaultdict(float), defaultdict(int)
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - t0
+
+        return wrapper
+
+    with contextlib.ExitStack() as stack:
+        for module, name in (*STAGES, LISTING):
+            stack.enter_context(mock.patch.object(module, name, timed(name, getattr(module, name))))
+        t0 = time.perf_counter()
+        prepare_once("gpt2", workers)
+        total = time.perf_counter() - t0
+    listing = {"calls": calls.pop(LISTING[1]), "seconds": spent.pop(LISTING[1])}
+    return {**spent, "other (split, select, meta, describe)": total - sum(spent.values()), "total": total}, listing
+
+
+def arrow_rows_s() -> float:
+    """Seconds to turn the corpus's token lists (one process) into Arrow uint16 rows, as the map's writer does."""
+    texts = [path.read_text(encoding="utf-8") for path in stdlib_files()]
+    ids = data.prepare._encode({"text": texts}, "gpt2", RANKS_FILE)["ids"]
+    features = datasets.Features({"ids": datasets.List(datasets.Value("uint16"))})
+    t0 = time.perf_counter()
+    datasets.Dataset.from_dict({"ids": ids}, features=features)
+    return time.perf_counter() - t0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bench.prepare", description=__doc__.split("\n\n")[0])
+    add_timing_args(ap, rounds=5, reps=1, warmup=0)  # the token counts below warm up
+    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                    help="prepare's num_proc and tiktoken's num_threads (default: the usable cores)")
+    args = ap.parse_args(argv)
+    datasets.logging.set_verbosity_error()
+    get_tokenizer("gpt2", RANKS_FILE)  # build the BPE tables once, outside every timing
+
+    n_text = bare_loop(args.workers)
+    n_bytes_text = text_tokens(prepare_once("bytes", args.workers))
+    if text_tokens(prepare_once("gpt2", args.workers)) != n_text:
+        raise RuntimeError("data.prepare and the bare loop disagree on the corpus's token count")
+    t = interleaved({"prepare gpt2": lambda: prepare_once("gpt2", args.workers),
+                     "bare tiktoken loop gpt2": lambda: bare_loop(args.workers),
+                     "prepare bytes": lambda: prepare_once("bytes", args.workers)},
+                    args.rounds, args.reps, args.warmup)
+    tokens = {"prepare gpt2": n_text, "bare tiktoken loop gpt2": n_text, "prepare bytes": n_bytes_text}
+    rate = {name: tokens[name] / s["median"] for name, s in t.items()}
+    ratio = rate["prepare gpt2"] / rate["bare tiktoken loop gpt2"]
+    print_table([{"pipeline": name, "tokens": f"{tokens[name]:,}", "ms median (IQR)": ms(s),
+                  "tokens/s": rate[name], "vs bare": rate[name] / rate["bare tiktoken loop gpt2"]}
+                 for name, s in t.items()],
+                f"stdlib corpus ({len(stdlib_files())} files), {args.workers} workers, {args.rounds} rounds")
+    print(f"\nprepare / bare (gpt2): {ratio:.2f} (target >= 0.8)")
+
+    stages, listing = stage_times(args.workers)
+    arrow = arrow_rows_s()
+    print_table([{"stage": name, "seconds": s, "share": s / stages["total"]} for name, s in stages.items()],
+                "where one gpt2 preparation spends its time")
+    print(f"listing the corpus (data.corpora.stdlib_files): {listing['calls']} calls, {listing['seconds']:.2f} s "
+          f"in all, inside the stages above\nbare loop (one listing included): "
+          f"{t['bare tiktoken loop gpt2']['median']:.2f} s; turning its token lists into Arrow uint16 rows "
+          f"as the map does (one process): {arrow:.2f} s")
+
+    record("prepare", {"corpus": "stdlib", "files": len(stdlib_files()), "workers": args.workers,
+                       "prepare": "data.prepare.prepare, num_proc=workers, fresh datasets cache per run",
+                       "bare": "read files + tiktoken encode_ordinary_batch(num_threads=workers)",
+                       "rounds": args.rounds, "reps": args.reps, "warmup": args.warmup},
+           {"seconds": t, "tokens": tokens, "tokens_per_s": rate, "ratio": ratio, "stages_s": stages,
+            "listing": listing,
+            "arrow_rows_s": arrow})
+
+
+if __name__ == "__main__":
+    main()
