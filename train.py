@@ -10,7 +10,6 @@ data, an existing checkpoint) is checked before the model is built. Outputs in t
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -24,6 +23,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import perf
+from atomic import atomic_path, write_json, write_text
 from config import Config, ConfigError, flat_dict, load_config, to_dict, validate
 from data.loader import TokenBatches, ensure_offline_corpus, open_dataset, resolve_data_dir
 from mup.scaling import build_model
@@ -33,18 +33,6 @@ from optim.schedule import lr_factor
 CKPT = "ckpt.pt"
 # Keys a checkpoint must share with the config that resumes it: they fix the shapes and the rules.
 MUST_MATCH = ("model.", "scaling.", "optim.name", "data.tokenizer")
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
-def save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path, cfg: Config) -> dict:
@@ -160,7 +148,7 @@ def train(cfg: Config, run: Run, data_dir: Path, ckpt: dict | None) -> dict:
     tokens_per_step = t.batch_size * cfg.model.block_size
     if run.master:
         out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     torch.manual_seed(t.seed)
     model, table = build_model(cfg, run.device)
@@ -186,7 +174,7 @@ def train(cfg: Config, run: Run, data_dir: Path, ckpt: dict | None) -> dict:
     metrics_path = out / "metrics.jsonl"
     if run.master and metrics_path.exists():  # drop records a killed run wrote after its last checkpoint
         kept = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
-        write_atomic(metrics_path, "".join(ln + "\n" for ln in kept))
+        write_text(metrics_path, "".join(ln + "\n" for ln in kept))
     wandb_run = None
     if cfg.log.wandb and run.master:
         import wandb
@@ -210,7 +198,8 @@ def train(cfg: Config, run: Run, data_dir: Path, ckpt: dict | None) -> dict:
         state = {"model": raw.state_dict(), "optim": opt.state_dict(), "step": step, "rng": rng,
                  "wall_s": elapsed + time.time() - t0, "config": flat_dict(cfg)}
         if run.master:
-            save_atomic(state, out / CKPT)
+            with atomic_path(out / CKPT) as tmp:
+                torch.save(state, tmp)
 
     def finish(status: str, step: int, train_loss: float | None, **extra) -> dict:
         val = evaluate(model, val_batches, t.eval_iters, run) if status == "done" else None
@@ -218,12 +207,12 @@ def train(cfg: Config, run: Run, data_dir: Path, ckpt: dict | None) -> dict:
                   "tokens": step * tokens_per_step, "wall_s": elapsed + time.time() - t0, **extra,
                   "config": to_dict(cfg)}
         if run.master:
-            write_atomic(out / "run.json", json.dumps(record, indent=1))
+            write_json(out / "run.json", record)
         return record
 
     t0 = time.time()
     if run.master:
-        write_atomic(out / "run.json", json.dumps({"status": "running", "step": start, "config": to_dict(cfg)}))
+        write_json(out / "run.json", {"status": "running", "step": start, "config": to_dict(cfg)})
     nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)
     loss_sum = torch.zeros((), device=run.device)
     window_t0, window_start, train_loss = time.time(), start, float("nan")
@@ -316,7 +305,7 @@ def main(argv=None):
             out = Path(cfg.train.out_dir)
             if run.master and out.is_dir():
                 record = {"status": "failed", "error": traceback.format_exc()[-4000:], "config": to_dict(cfg)}
-                write_atomic(out / "run.json", json.dumps(record, indent=1))
+                write_json(out / "run.json", record)
             raise
     finally:
         if run.ddp and dist.is_initialized():

@@ -12,7 +12,6 @@ finished directory does nothing unless --force.
 """
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import pyarrow.compute as pc
 from tqdm import tqdm
 
+from atomic import atomic_path, write_json
 from data.corpora import OPENWEBTEXT_ID, OPENWEBTEXT_REVISION, describe, load_documents
 from data.format import CORPORA, DTYPE, default_dir, read_meta
 from data.tokenizers import TOKENIZERS, get_tokenizer
@@ -66,24 +66,14 @@ def tokenize(docs, tokenizer, ranks_file=None, num_proc=None):
 
 def write_bin(tokens, path, batch_size=1024):
     """Write all documents' ids back to back into `path` (atomically); returns the token count."""
-    tmp = path.with_name(path.name + ".tmp")
     n_tokens = 0
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         batches = tokens.with_format("arrow").iter(batch_size=batch_size)
         for batch in tqdm(batches, total=-(-len(tokens) // batch_size), desc=f"writing {path.name}", unit="batch"):
             ids = np.asarray(pc.list_flatten(batch["ids"]), dtype=DTYPE)
             f.write(ids.tobytes())
             n_tokens += len(ids)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return n_tokens
-
-
-def write_json(path, obj):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def prepare(

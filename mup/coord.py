@@ -11,13 +11,13 @@ update: the state the verdict reads, and the only one that has seen every update
 
 import csv
 import dataclasses
-import os
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from atomic import atomic_path
 from config import PARAMETERIZATIONS, Config, ConfigError, check_type, flat_dict, from_flat
 from data.loader import TokenBatches
 from mup import spectral
@@ -175,13 +175,10 @@ def run_sweep(cfg: Config, sweep: Sweep, log=print):
 
 
 def write_csv(path: Path, rows: list[dict], columns) -> None:
-    """Write atomically: a reader never sees half a file."""
-    tmp = Path(f"{path}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def seed_means(rows: list[dict], axis: str, site: str = "block_last") -> dict[str, dict[int, dict[int, float]]]:

@@ -9,8 +9,6 @@ Flat lines mean the activations' scale does not depend on the size; prints each 
 
 import argparse
 import dataclasses
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.ticker import LogLocator, NullFormatter  # noqa: E402
 
+from atomic import atomic_path, write_json  # noqa: E402
 from config import ConfigError, from_flat, parse_overrides, read_yaml, to_dict  # noqa: E402
 from mup.coord import COLUMNS, SPECTRAL_COLUMNS, run_sweep, seed_means, split_sweep, verdict, write_csv  # noqa: E402
 
@@ -52,9 +51,8 @@ def plot(rows, axis: str, verdicts: dict, out: Path) -> None:
     axes[0][0].set_ylabel(r"$\|h_L\|_R$ (last block output)")
     fig.colorbar(ScalarMappable(color, plt.cm.viridis), ax=axes[0].tolist(), label="step t (model after t - 1 updates)")
     for ext in ("png", "pdf"):
-        tmp = out.with_suffix(f".tmp.{ext}")
-        fig.savefig(tmp, dpi=150, format=ext)
-        os.replace(tmp, out.with_suffix(f".{ext}"))
+        with atomic_path(out.with_suffix(f".{ext}")) as tmp:
+            fig.savefig(tmp, dpi=150, format=ext)
     plt.close(fig)
 
 
@@ -73,10 +71,7 @@ def main(argv=None):
         sys.exit(f"config error: {e}")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    config_json = args.out / "config.json"
-    resolved = {"run": to_dict(cfg), "coord": dataclasses.asdict(sweep)}
-    config_json.with_suffix(".tmp").write_text(json.dumps(resolved, indent=1))
-    os.replace(config_json.with_suffix(".tmp"), config_json)
+    write_json(args.out / "config.json", {"run": to_dict(cfg), "coord": dataclasses.asdict(sweep)})
 
     rows, spectral_rows = run_sweep(cfg, sweep)
     write_csv(args.out / "coord.csv", rows, COLUMNS)

@@ -1,7 +1,6 @@
 """The hybrid optimizer: Muon-Kimi update scale, agreement with torch.optim.Muon, groups, schedule,
 state round trip."""
 
-import copy
 import math
 
 import pytest
