@@ -92,7 +92,7 @@ def main(argv=None):
     memory = {name: peak_rss_mib(run_steps, name, args.memory_steps) for name in CANDIDATES}
 
     ref = times["transformers GPT2LMHeadModel AdamW"]["median"]
-    rows = [{"model": name, "params": f"{params[name]:,}", "step ms median (IQR)": ms(times[name]),
+    rows = [{"model": name, "params": params[name], "step ms median (IQR)": ms(times[name]),
              "tokens/s": BATCH * SEQ / times[name]["median"], "vs peer": times[name]["median"] / ref,
              "peak RSS MiB": memory[name]} for name in CANDIDATES]
     print_table(rows, f"training step, n={N_EMBD} L={N_LAYER} seq={SEQ} batch={BATCH} vocab={VOCAB}, fp32, "
