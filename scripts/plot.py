@@ -16,7 +16,6 @@ transfers: the paper's muP width sweep has spread 1, SP's has 3.
 """
 
 import argparse
-import io
 import json
 import math
 import sys
@@ -30,9 +29,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from atomic import atomic_path, write_json, write_text  # noqa: E402
 from config import Config, flat_dict  # noqa: E402
 from sweep import LOG2, SWEEP_JSON, run_name  # noqa: E402
-from train import write_atomic  # noqa: E402
 
 KEYS = list(flat_dict(Config()))
 NOT_SETTINGS = ("train.out_dir", "train.seed", "train.resume")  # vary without making a new curve
@@ -49,7 +48,7 @@ def load_runs(sweep_dir: Path) -> list[dict]:
         paths = [sweep_dir / name / "run.json" for name in json.loads(index.read_text())["runs"]]
         missing = [p.parent.name for p in paths if not p.exists()]
         if missing:
-            print(f"{len(missing)} runs have no run.json yet (NaN in the tables): {', '.join(missing[:3])} ...")
+            print(f"{len(missing)} runs have no run.json yet (NaN or absent in the tables): {', '.join(missing[:3])} ...")
         paths = [p for p in paths if p.exists()]
     else:
         paths = sorted(sweep_dir.rglob("run.json"))
@@ -172,16 +171,15 @@ def main(argv=None) -> None:
         best, spread = optima(curves, x_name)
         summary[label] = {"axis": axis, "optima": best, "spread": spread}
         rows = table_rows(curves, row_label)
-        write_atomic(out / f"table_{label}.md", markdown(rows))
-        write_atomic(out / f"table_{label}.csv", csv(rows))
+        write_text(out / f"table_{label}.md", markdown(rows))
+        write_text(out / f"table_{label}.csv", csv(rows))
         print(f"{label} ({axis}): optimal {x_name} " + "  ".join(f"{row_label}={n}: {b[x_name]}" for n, b in best.items())
               + f"  -> spread {spread}")
-    write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary)
     fig = figure(panels, summary, size, x_name)
     for ext in ("png", "pdf"):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=150)
-        write_atomic(out / f"{x_name.removeprefix('log2_')}_sweep.{ext}", buf.getvalue())
+        with atomic_path(out / f"{x_name.removeprefix('log2_')}_sweep.{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=150)
     print(f"wrote tables, {x_name.removeprefix('log2_')}_sweep.png/.pdf and summary.json to {out}")
 
 

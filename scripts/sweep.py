@@ -46,9 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import perf  # noqa: E402
+from atomic import write_json  # noqa: E402
 from config import Config, ConfigError, ModelConfig, from_flat, parse_overrides, read_yaml, to_dict  # noqa: E402
 from model import GPT  # noqa: E402
-from train import write_atomic  # noqa: E402
 
 TRAIN = ROOT / "train.py"
 SWEEP_JSON = "sweep.json"
@@ -172,7 +172,7 @@ def record_failure(run: Run, error: str) -> None:
     record = read_record(run.dir)
     if record.get("status") != "failed":
         record = {**record, "status": "failed", "error": error, "config": record.get("config") or to_dict(run.config)}
-        write_atomic(run.dir / "run.json", json.dumps(record, indent=1))
+        write_json(run.dir / "run.json", record)
 
 
 def launch(cmd: list[str], run: Run, env: dict) -> str:
@@ -344,7 +344,7 @@ def main(argv=None) -> int:
     if not args.only:
         args.out.mkdir(parents=True, exist_ok=True)
         index = {"sweep": str(sweep.file), "base": str(sweep.base), "runs": {r.name: r.overrides for r in runs}}
-        write_atomic(args.out / SWEEP_JSON, json.dumps(index, indent=1))
+        write_json(args.out / SWEEP_JSON, index)
     print(f"{len(runs)} runs, {len(runs) - len(pending)} already finished, {len(pending)} to run ({args.out})")
     try:
         if pending and args.backend == "local":
