@@ -125,3 +125,12 @@ def test_embedded_default_learns(tmp_path):
     assert rec["status"] == "done" and rec["config"]["data"]["dataset"] == "stdlib"
     # measured: first logged window 4.2 (ln 256 = 5.55 at init), val 2.6 after 150 steps
     assert first > 3.5 and rec["final_val_loss"] < 3.0
+
+
+def test_spectral_diagnostics_in_metrics(tmp_path, tiny_corpus):
+    run_inprocess(tmp_path / "s", tiny_corpus, **{"log.spectral_interval": 2, "train.log_interval": 3})
+    records = [json.loads(ln) for ln in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    with_spec = [r["step"] for r in records if any(k.startswith("spec/") for k in r)]
+    assert with_spec == [2, 4, 6]
+    r = next(r for r in records if r["step"] == 2)
+    assert r["spec/blocks.1.mlp/alpha_dW2_W1"] > 0 and r["spec/blocks.0.attn.q/dW"] > 0
