@@ -9,6 +9,7 @@ data, an existing checkpoint) is checked before the model is built. Outputs in t
 """
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -179,8 +180,9 @@ def train(cfg: Config, run: Run, data_dir: Path, ckpt: dict | None) -> dict:
     if cfg.log.wandb and run.master:
         import wandb
 
+        run_id = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:16]  # one wandb run per out_dir
         wandb_run = wandb.init(project=cfg.log.wandb_project, mode=cfg.log.wandb_mode, dir=str(out),
-                               config=to_dict(cfg), id=out.name, resume="allow")
+                               name=str(out), config=to_dict(cfg), id=run_id, resume="allow")
 
     def log(record: dict):
         if not run.master:

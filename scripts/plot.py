@@ -48,7 +48,7 @@ def load_runs(sweep_dir: Path) -> list[dict]:
         paths = [sweep_dir / name / "run.json" for name in json.loads(index.read_text())["runs"]]
         missing = [p.parent.name for p in paths if not p.exists()]
         if missing:
-            print(f"{len(missing)} runs have no run.json yet (NaN or absent in the tables): {', '.join(missing[:3])} ...")
+            print(f"{len(missing)} runs have no run.json yet (NaN or absent in the tables): {missing[0]} ...")
         paths = [p for p in paths if p.exists()]
     else:
         paths = sorted(sweep_dir.rglob("run.json"))
@@ -173,8 +173,8 @@ def main(argv=None) -> None:
         rows = table_rows(curves, row_label)
         write_text(out / f"table_{label}.md", markdown(rows))
         write_text(out / f"table_{label}.csv", csv(rows))
-        print(f"{label} ({axis}): optimal {x_name} " + "  ".join(f"{row_label}={n}: {b[x_name]}" for n, b in best.items())
-              + f"  -> spread {spread}")
+        per_size = "  ".join(f"{row_label}={n}: {b[x_name]}" for n, b in best.items())
+        print(f"{label} ({axis}): optimal {x_name} {per_size}  -> spread {spread}")
     write_json(out / "summary.json", summary)
     fig = figure(panels, summary, size, x_name)
     for ext in ("png", "pdf"):
