@@ -48,7 +48,7 @@ sweep depth
 sweep depth_noln
 # v2: muP k=1 vs k>=2 across depth. paper: 84 runs, 11.5 H100-hours. tiny: 60 runs, 54 CPU-min.
 sweep depth_k1
-# v2: weight-decay transfer across width (x: log2 weight decay). paper: 30 runs, 9.8 H100-hours. tiny: 20 runs, 14 CPU-min.
+# v2: weight-decay transfer across width (x: log2 WD). paper: 30 runs, 9.8 H100-hours. tiny: 20 runs, 14 CPU-min.
 sweep wd_width
 # Total sweeps: paper 326 runs, 63.9 H100-hours; tiny 233 runs, ~3.3 CPU-hours (~1.7 h with 2 workers on 2 cores).
 

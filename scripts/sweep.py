@@ -259,7 +259,7 @@ def run_submitit(sweep: Sweep, runs: list[Run], args, cluster: str) -> None:
                                             "--out", str(args.out), "--gpus-per-run", str(args.gpus_per_run),
                                             "--only"])
     jobs = executor.map_array(job, [run.name for run in runs])
-    print(f"submitted {len(jobs)} jobs ({cluster}, job {jobs[0].job_id.split('_')[0]}); logs in {args.out / 'submitit'}")
+    print(f"submitted {len(jobs)} jobs ({cluster} {jobs[0].job_id.split('_')[0]}); logs in {args.out / 'submitit'}")
     by_job = dict(zip(jobs, runs))
     finished = submitit.helpers.as_completed(jobs, poll_frequency=1)  # Slurm's watcher throttles its own queries
     for done in tqdm(finished, total=len(jobs), desc="sweep", unit="run"):
