@@ -47,7 +47,9 @@ sys.path.insert(0, str(ROOT))
 
 import perf  # noqa: E402
 from atomic import write_json  # noqa: E402
-from config import Config, ConfigError, ModelConfig, from_flat, parse_overrides, read_yaml, to_dict  # noqa: E402
+from config import (  # noqa: E402
+    Config, ConfigError, ModelConfig, from_flat, parse_overrides, read_yaml, to_dict, validate,
+)
 from model import GPT  # noqa: E402
 
 TRAIN = ROOT / "train.py"
@@ -331,6 +333,11 @@ def main(argv=None) -> int:
             if unknown:
                 raise ConfigError(f"no run named {', '.join(sorted(unknown))} in {args.sweep}")
             runs = [run for run in runs if run.name in args.only]
+        for run in runs:  # the batch must also divide across each run's GPUs
+            try:
+                validate(run.config, world_size=args.gpus_per_run)
+            except ConfigError as e:
+                raise ConfigError(f"run {run.name} on {args.gpus_per_run} GPUs: {e}") from None
         pending = [run for run in runs if read_record(run.dir).get("status") not in FINISHED]
         workers = args.workers or max(1, len(visible_gpus()) // args.gpus_per_run)
         if args.dry_run:

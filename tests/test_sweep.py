@@ -167,3 +167,9 @@ def test_flop_count_is_6n_plus_attention():
     matmul_params = L * 12 * n * n + V * n
     expected = 6 * matmul_params + 12 * L * n * T
     assert sweep.train_flops(cfg) / (1221 * 240 * T) == pytest.approx(expected, rel=2e-3)
+
+
+def test_the_batch_must_divide_across_each_runs_gpus(tmp_path, capsys):
+    args = [str(ROOT / "configs" / "sweeps" / "width.yaml"), "--out", str(tmp_path), "--dry-run"]
+    assert sweep.main([*args, "--gpus-per-run", "4"]) == 2  # 240 sequences are not 24 x 4 x k
+    assert "24 x 4 ranks" in capsys.readouterr().err
