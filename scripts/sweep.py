@@ -338,7 +338,13 @@ def main(argv=None) -> int:
                 validate(run.config, world_size=args.gpus_per_run)
             except ConfigError as e:
                 raise ConfigError(f"run {run.name} on {args.gpus_per_run} GPUs: {e}") from None
-        pending = [run for run in runs if read_record(run.dir).get("status") not in FINISHED]
+        records = {run.name: read_record(run.dir) for run in runs}
+        stale = [run.name for run in runs if records[run.name].get("status") in FINISHED
+                 and records[run.name].get("config", to_dict(run.config)) != to_dict(run.config)]
+        if stale:  # skipping them would mix results of two different configs in one table
+            raise ConfigError(f"{len(stale)} finished runs in {args.out} were made with another config than"
+                              f" {args.sweep} now gives (e.g. {stale[0]}); delete them or use another --out")
+        pending = [run for run in runs if records[run.name].get("status") not in FINISHED]
         workers = args.workers or max(1, len(visible_gpus()) // args.gpus_per_run)
         if args.dry_run:
             dry_run(sweep, pending, args.gpus_per_run)

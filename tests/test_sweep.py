@@ -173,3 +173,16 @@ def test_the_batch_must_divide_across_each_runs_gpus(tmp_path, capsys):
     args = [str(ROOT / "configs" / "sweeps" / "width.yaml"), "--out", str(tmp_path), "--dry-run"]
     assert sweep.main([*args, "--gpus-per-run", "4"]) == 2  # 240 sequences are not 24 x 4 x k
     assert "24 x 4 ranks" in capsys.readouterr().err
+
+
+def test_finished_runs_of_another_config_are_not_silently_kept(tmp_path, launches, capsys):
+    path = write_sweep(tmp_path / "s.yaml", {"model.n_embd": [32, 64]}, {"model.head_dim": 32})
+    out = tmp_path / "out"
+    runs = sweep.load_sweep(path, out).runs
+    for run in runs:
+        run.dir.mkdir(parents=True)
+        (run.dir / "run.json").write_text(json.dumps({"status": "done", "config": sweep.to_dict(run.config)}))
+    assert sweep.main([str(path), "--out", str(out)]) == 0 and launches == []  # same config: skipped
+    write_sweep(tmp_path / "s.yaml", {"model.n_embd": [32, 64]}, {"model.head_dim": 32, "optim.lr": 0.01})
+    assert sweep.main([str(path), "--out", str(out)]) == 2 and launches == []
+    assert "2 finished runs" in capsys.readouterr().err
