@@ -81,6 +81,12 @@ class Run:
         if self.ddp:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
 
+    def to_device(self, batch):
+        """Pinned host memory makes the copy asynchronous: the GPU does not wait for the next batch."""
+        if self.device.type == "cuda":
+            return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in batch)
+        return batch
+
     def mean(self, t: torch.Tensor) -> torch.Tensor:
         if self.ddp:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -130,7 +136,7 @@ def evaluate(model, batches: TokenBatches, iters: int, run: Run) -> float:
     total = torch.zeros((), device=run.device)
     with torch.no_grad():
         for i in range(iters):
-            x, y = (t.to(run.device, non_blocking=True) for t in batches.get(i, run.rank))
+            x, y = run.to_device(batches.get(i, run.rank))
             with run.autocast:
                 total += model(x, y)[1].float()
     model.train()
@@ -225,8 +231,7 @@ def train(cfg: Config, run: Run, data_dir: Path, ckpt: dict | None) -> dict:
         opt.set_lr_factor(factor)
         for micro in range(accum):
             # the global micro-batch index fixes each sample, so any number of ranks sees the same batch
-            x, y = (v.to(run.device, non_blocking=True)
-                    for v in train_batches.get(step, micro_step=run.rank * accum + micro))
+            x, y = run.to_device(train_batches.get(step, micro_step=run.rank * accum + micro))
             sync = model.no_sync() if run.ddp and micro < accum - 1 else nullcontext()
             with sync, run.autocast:
                 loss = model(x, y)[1] / accum

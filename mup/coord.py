@@ -87,7 +87,7 @@ def run(cfg: Config, steps: int = 10, data: Path | None = None, spectral_product
     for step in range(1, steps + 2):
         training = step <= steps
         for micro in range(n_micro):
-            x, y = (v.to(ctx.device) for v in batches.get(step - 1, micro_step=micro))
+            x, y = ctx.to_device(batches.get(step - 1, micro_step=micro))
             with torch.set_grad_enabled(training), ctx.autocast:
                 _, loss = model(x, y)
             if training:
