@@ -80,7 +80,7 @@ def top_ops(step, steps: int = 2, k: int = 8) -> list[dict]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.peer", description=__doc__.split("\n\n")[0])
-    add_timing_args(ap, rounds=7, reps=3, warmup=2)
+    add_timing_args(ap, rounds=7, reps=2, warmup=1)
     ap.add_argument("--memory-steps", type=int, default=3, help="steps taken in each peak-memory process")
     ap.add_argument("--profile", action="store_true", help="profile both models even if ours is not slower")
     args = ap.parse_args(argv)
