@@ -66,15 +66,17 @@ def run_steps(name: str, steps: int):
 
 
 def top_ops(step, steps: int = 2, k: int = 8) -> list[dict]:
-    """The k operators with the most self CPU time over `steps` steps (after one untimed step)."""
+    """The k (operator, input shapes) pairs with the most self CPU time over `steps` steps (after one
+    untimed step); the shapes tell which of an operator's calls cost the time."""
     step()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):
             step()
-    events = prof.key_averages()
+    events = prof.key_averages(group_by_input_shape=True)
     total = sum(e.self_cpu_time_total for e in events)
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:k]
-    return [{"op": e.key, "ms/step": e.self_cpu_time_total / 1e3 / steps, "share": round(e.self_cpu_time_total / total, 3),
+    return [{"op": e.key, "input shapes": str([s for s in e.input_shapes if s])[:60],
+             "ms/step": e.self_cpu_time_total / 1e3 / steps, "share": round(e.self_cpu_time_total / total, 3),
              "calls/step": e.count // steps} for e in top]
 
 
@@ -104,7 +106,7 @@ def main(argv=None):
     profiles = {}
     if ratio > 1.0 or args.profile:
         for name in ("ours AdamW", "transformers GPT2LMHeadModel AdamW"):
-            profiles[name] = top_ops(built[name][1])
+            profiles[name] = top_ops(built[name][1], k=12)
             print_table(profiles[name], f"top operators by self CPU time: {name}")
 
     record("peer", {"n_embd": N_EMBD, "n_layer": N_LAYER, "n_head": N_EMBD // 64, "seq": SEQ, "batch": BATCH,
