@@ -106,7 +106,7 @@ def muon(n: int, args) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
-    add_timing_args(ap, rounds=5, reps=1, warmup=1)
+    add_timing_args(ap, rounds=7, reps=1, warmup=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
