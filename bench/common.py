@@ -179,7 +179,8 @@ def cpu_model() -> str:
 def machine() -> dict:
     m = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
          "cpus_usable": len(os.sched_getaffinity(0)), "cpu_model": cpu_model(), "torch": torch.__version__,
-         "torch_threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0]}
+         "torch_threads": torch.get_num_threads(), "load_avg_1m_start": AT_START["load_avg_1m"],
+         "load_avg_1m_end": os.getloadavg()[0]}
     if torch.cuda.is_available():
         m["gpu"] = torch.cuda.get_device_name()
     return m
@@ -193,6 +194,10 @@ def git_state() -> dict:
 
     changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", f":!{RESULTS.relative_to(ROOT)}")
     return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(changed)}
+
+
+# Taken when a benchmark starts (imports this module): the code it runs, and how busy the machine was.
+AT_START = {"git": git_state(), "load_avg_1m": os.getloadavg()[0]}
 
 
 def record(benchmark: str, params: dict, results: dict) -> dict:
