@@ -180,7 +180,8 @@ def _set(cfg: Config, key: str, value) -> None:
             raise ConfigError(f"unknown config key {key!r}{hint}")
         if i == len(parts) - 1:
             if dataclasses.is_dataclass(getattr(node, part)):
-                raise ConfigError(f"{key}: is a section; set its keys, e.g. {key}.{next(iter(_fields(getattr(node, part))))}")
+                example = next(iter(_fields(getattr(node, part))))
+                raise ConfigError(f"{key}: is a section; set its keys, e.g. {key}.{example}")
             setattr(node, part, check_type(key, value, names[part].type))
         else:
             node = getattr(node, part)

@@ -79,8 +79,8 @@ def test_qkv_separate_and_tied_head():
 
 
 def test_options_bias_and_norm():
-    model, table = build_model(tiny(**{"model.bias": False, "model.norm": "none"}))
-    assert all(t.role == "hidden" or t.role == "input" for t in table)
+    _, table = build_model(tiny(**{"model.bias": False, "model.norm": "none"}))
+    assert {t.role for t in table} == {"hidden", "input"}
 
 
 def test_init_follows_table():

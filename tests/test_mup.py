@@ -53,7 +53,8 @@ def expected(p, opt, role, n, L):
             "input": (ETA, LAM, EPS / rn),
             "output": (ETA, LAM, EPS / rn),
             "final_norm": (ETA, LAM, EPS / rn),
-            "hidden": (ETA / (rn * sq(rL)), LAM * rn, EPS / (rn * sq(rL))) if k1 else (ETA / rn, LAM * rn, EPS / (rn * rL)),
+            "hidden": ((ETA / (rn * sq(rL)), LAM * rn, EPS / (rn * sq(rL))) if k1
+                       else (ETA / rn, LAM * rn, EPS / (rn * rL))),
             "hidden_vector": (ETA / sq(rL), LAM, EPS / (rn * sq(rL))) if k1 else (ETA, LAM, EPS / (rn * rL)),
         }[role]
     else:  # Table D; k=1 row SGD; the final norm is input-like
@@ -81,7 +82,8 @@ def test_table_matches_spec(n, L, p, opt):
     for t in table:
         std, mult, lr, wd, eps, o = expected(p, opt, t.role, n, L)
         got = (t.init_std, t.multiplier, t.lr, t.weight_decay, t.eps)
-        assert all(close(g, e) for g, e in zip(got, (std, mult, lr, wd, eps))), (t.name, got, (std, mult, lr, wd, eps))
+        want = (std, mult, lr, wd, eps)
+        assert all(close(g, e) for g, e in zip(got, want)), (t.name, got, want)
         assert t.optimizer == o, t.name
 
 
@@ -94,6 +96,7 @@ def test_untied_head_is_output(p, opt):
     std, mult, lr, wd, eps, o = expected(p, opt, "output", n, L)
     assert head.role == "output" and close(head.multiplier, mult) and close(head.lr, lr)
     assert close(head.init_std, std) and close(head.weight_decay, wd) and close(head.eps, eps)
+    assert head.optimizer == o
 
 
 @pytest.mark.parametrize("opt", FAMILIES)
