@@ -5,5 +5,5 @@
     python -m bench.prepare     data.prepare tokens/s vs a bare tiktoken loop
     python -m bench.gpu         tokens/s and MFU with bf16 + torch.compile (skips without CUDA)
 
-`transformers` is a benchmark-only extra: pip install -e .[bench] or pip install transformers.
+`transformers` is a benchmark-only extra (pyproject's `bench` extra): pip install transformers.
 """
