@@ -82,7 +82,8 @@ class Head(nn.Module):
         self.alpha_out = alpha_out
 
     def forward(self, x):
-        return self.alpha_out * F.linear(x, self.weight)
+        # the same logits as alpha_out * (x @ W^T), scaling the n-wide input instead of the vocab-wide output
+        return F.linear(self.alpha_out * x, self.weight)
 
 
 class GPT(nn.Module):

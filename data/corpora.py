@@ -14,6 +14,7 @@ Local files, stdlib included, are read by datasets' own builders (text, json, pa
 the same path as Hub data and the same cache.
 """
 
+import functools
 import itertools
 import os
 import platform
@@ -42,13 +43,15 @@ def stdlib_root():
     return Path(sysconfig.get_paths()["stdlib"])
 
 
+@functools.cache
 def stdlib_files():
-    root = stdlib_root()
-    return [
-        path
-        for path in sorted(root.rglob("*.py"))
-        if not STDLIB_SKIP_DIRS.intersection(path.relative_to(root).parts[:-1]) and path.stat().st_size > 0
-    ]
+    """The stdlib's own non-empty .py files, sorted; skipped directories are pruned, not walked (site-packages
+    alone can hold thousands of files)."""
+    files = []
+    for directory, subdirs, names in os.walk(stdlib_root()):
+        subdirs[:] = [d for d in subdirs if d not in STDLIB_SKIP_DIRS]
+        files += [Path(directory, n) for n in names if n.endswith(".py")]
+    return [path for path in sorted(files) if path.stat().st_size > 0]
 
 
 def load_files(paths):

@@ -1,10 +1,12 @@
 """Muon with a choice of Newton-Schulz precision.
 
-torch.optim.Muon always orthogonalizes in bfloat16: right on GPUs, but on CPUs without fast bf16 matmuls
-it is ~4x slower than float32 (n=512: 2.8 s vs 0.7 s per step) and torch offers no switch. This subclass
-keeps torch's update rule step for step (momentum, Nesterov, quintic Newton-Schulz, decoupled weight decay
-on the unadjusted lr, `adjust_lr_fn`) and only lets the iteration's dtype follow the device; with
-ns_dtype=bfloat16 it reproduces torch.optim.Muon bit for bit (tests/test_optim.py).
+torch.optim.Muon always orthogonalizes in bfloat16 and offers no switch: right on GPUs, but on CPUs
+without bf16 matmul units it is ~4x slower than float32 (n=512: 2.8 s vs 0.7 s per step). CPUs with
+AVX512-BF16 or AMX are the other way round (bench.overhead measured bf16 1.6-4.3x faster on one), so
+`optim.ns_dtype` chooses; `auto` takes float32 on CPU, the safe and more precise side. This subclass keeps
+torch's update rule step for step (momentum, Nesterov, quintic Newton-Schulz, decoupled weight decay on the
+unadjusted lr, `adjust_lr_fn`) and only lets the iteration's dtype vary; with ns_dtype=bfloat16 it
+reproduces torch.optim.Muon bit for bit (tests/test_optim.py).
 """
 
 import math
