@@ -189,12 +189,13 @@ def _set(cfg: Config, key: str, value) -> None:
                 raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[: i + 1])} is not a section")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the key form of overrides, sweeps and checkpoints."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
@@ -213,7 +214,7 @@ def read_yaml(path: Path, seen: tuple = ()) -> dict:
     flat = {}
     if "base" in raw:
         flat.update(read_yaml(path.parent / raw.pop("base"), seen + (path,)))
-    flat.update(_flatten(raw))
+    flat.update(flatten(raw))
     return flat
 
 
@@ -251,7 +252,7 @@ def to_dict(cfg: Config) -> dict:
 
 
 def flat_dict(cfg: Config) -> dict:
-    return _flatten(to_dict(cfg))
+    return flatten(to_dict(cfg))
 
 
 def get(cfg: Config, key: str):

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from atomic import atomic_path, write_json, write_text  # noqa: E402
-from config import Config, flat_dict  # noqa: E402
+from config import Config, flat_dict, flatten  # noqa: E402
 from sweep import LOG2, SWEEP_JSON, run_name  # noqa: E402
 
 KEYS = list(flat_dict(Config()))
@@ -55,18 +55,13 @@ def load_runs(sweep_dir: Path) -> list[dict]:
     runs = []
     for path in paths:
         record = json.loads(path.read_text())
-        settings = {key: lookup(record["config"], key) for key in KEYS}
+        flat = flatten(record["config"])
+        settings = {key: flat.get(key) for key in KEYS}
         loss = record.get("final_val_loss") if record.get("status") == "done" else None
         runs.append({"settings": settings, "loss": math.nan if loss is None else float(loss)})
     if not runs:
         sys.exit(f"no run.json under {sweep_dir}")
     return runs
-
-
-def lookup(nested: dict, key: str):
-    for part in key.split("."):
-        nested = nested.get(part) if isinstance(nested, dict) else None
-    return nested
 
 
 def log2(value: float) -> int | float:
