@@ -10,8 +10,8 @@
 - files: local files. Plain text (.txt, or Python source .py) is one document per file; JSON lines (.jsonl,
   .json) and Parquet (.parquet) give one document per record, read from the "text" field.
 
-Local files, stdlib included, are read by datasets' own builders (text, json, parquet), so they take
-the same path as Hub data and the same cache.
+Local files, stdlib included, are read by datasets' own builders (json, parquet, and the generator builder
+for plain text), so they take the same path as Hub data and the same cache.
 """
 
 import functools
@@ -27,6 +27,7 @@ OPENWEBTEXT_ID = "Skylion007/openwebtext"
 OPENWEBTEXT_REVISION = "main"
 
 BUILDERS = {".txt": "text", ".py": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+TEXT = datasets.Features({"text": datasets.Value("string")})
 STDLIB_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 
 
@@ -58,16 +59,29 @@ def load_files(paths):
     """Documents from local files, in the order given."""
     parts = []
     for builder, group in itertools.groupby(map(Path, paths), key=_builder):
-        kwargs = {"sample_by": "document"} if builder == "text" else {}
-        ds = datasets.load_dataset(
-            builder,
-            data_files=[str(p.resolve()) for p in group],
-            split="train",
-            cache_dir=hf_cache_dir(),
-            **kwargs,
-        )
+        if builder == "text":
+            ds = _load_texts(group)
+        else:
+            data_files = [str(p.resolve()) for p in group]
+            ds = datasets.load_dataset(builder, data_files=data_files, split="train", cache_dir=hf_cache_dir())
         parts.append(_text_only(ds, builder))
     return datasets.concatenate_datasets(parts)
+
+
+def _load_texts(paths):
+    """One document per plain-text file, through datasets' generator builder, cached like any builder's output
+    (the cache key covers each file's path, size and mtime). Not the text builder: it treats every path as a
+    possibly remote, compressed archive, about 0.7 ms per file, 90% of loading the 731-file stdlib corpus."""
+    files = [(str(p.resolve()), st.st_size, st.st_mtime_ns) for p in paths for st in [p.stat()]]
+    return datasets.Dataset.from_generator(
+        _read_texts, features=TEXT, gen_kwargs={"files": files}, cache_dir=hf_cache_dir()
+    )
+
+
+def _read_texts(files):
+    for path, _size, _mtime in files:
+        with open(path, encoding="utf-8") as f:  # universal newlines, as datasets' text builder reads
+            yield {"text": f.read()}
 
 
 def describe(name, inputs=(), dataset_id=None, revision=None, max_docs=None):
@@ -84,6 +98,9 @@ def describe(name, inputs=(), dataset_id=None, revision=None, max_docs=None):
     elif name == "files":
         if not inputs:
             raise ValueError("corpus 'files' needs --input PATH ...")
+        missing = [str(p) for p in inputs if not Path(p).is_file()]
+        if missing:
+            raise FileNotFoundError(f"no such input file: {', '.join(missing)}")
         source = {"name": name, "files": [str(Path(p).resolve()) for p in inputs]}
     else:
         raise ValueError(f"unknown corpus {name!r}; choose one of openwebtext, stdlib, files")

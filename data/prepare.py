@@ -17,6 +17,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
@@ -41,10 +42,15 @@ def split_documents(n_docs, val_fraction, seed):
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+IDS = pa.list_(pa.from_numpy_dtype(DTYPE))
+
+
 def _encode(batch, tokenizer, ranks_file):
+    """Token ids of a batch of documents, EOT appended, as an Arrow table: pyarrow converts the id lists
+    about 5x faster than datasets' own conversion of a returned dict (bench.prepare measures both)."""
     tok = get_tokenizer(tokenizer, ranks_file)
-    ids = [doc + [tok.eot] for doc in tok.encode_batch(batch["text"])]
-    return {"ids": ids}
+    ids = [[*doc, tok.eot] for doc in tok.encode_batch(batch["text"])]
+    return pa.table({"ids": pa.array(ids, type=IDS)})
 
 
 def tokenize(docs, tokenizer, ranks_file=None, num_proc=None):

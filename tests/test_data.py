@@ -238,6 +238,23 @@ def test_rerun_is_a_noop_and_force_rebuilds(tmp_path, capsys):
     assert (out / "train.bin").read_bytes() == before["train.bin"][1]
 
 
+def test_an_edited_text_file_is_read_again(tmp_path):
+    """datasets caches what it loaded from local files; an edited file must not be served from that cache."""
+    inputs = write_corpus(tmp_path / "corpus", "txt")
+    kwargs = {"tokenizer": "bytes", "inputs": inputs, "val_fraction": 0.1, "num_proc": 1}
+    prepare("files", out=tmp_path / "before", **kwargs)
+    edited = [*DOCS[:5], "an edited document", *DOCS[6:]]
+    inputs[5].write_text(edited[5], encoding="utf-8")
+    check_prepared(prepare("files", out=tmp_path / "after", **kwargs), edited, tokenizer("bytes"), val_fraction=0.1)
+
+
+def test_a_missing_input_file_is_named_before_any_work(tmp_path):
+    inputs = [*write_corpus(tmp_path / "corpus", "txt")[:2], tmp_path / "nope.txt"]
+    with pytest.raises(FileNotFoundError, match="no such input file: .*nope.txt"):
+        prepare("files", out=tmp_path / "out", tokenizer="bytes", inputs=inputs, num_proc=1)
+    assert not (tmp_path / "out").exists()
+
+
 def test_truncated_bin_is_an_error_and_gets_rebuilt(tmp_path):
     inputs = write_corpus(tmp_path / "corpus", "jsonl")
     out = prepare("files", out=tmp_path / "out", tokenizer="bytes", inputs=inputs, num_proc=1)

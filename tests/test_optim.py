@@ -35,7 +35,7 @@ def test_matches_torch_muon_in_bf16_and_float32_is_close():
     kw = dict(lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
     opts = [Muon(ours, ns_dtype=torch.bfloat16, **kw), torch.optim.Muon(ref, **kw),
             Muon(f32, ns_dtype=torch.float32, **kw)]
-    for step in range(3):
+    for _ in range(3):
         grads = [torch.randn(s) for s in shapes]
         for params, opt in zip((ours, ref, f32), opts):
             for p, g in zip(params, grads):
