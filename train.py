@@ -18,6 +18,7 @@ import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
@@ -130,6 +131,13 @@ def check(cfg: Config, run: Run) -> tuple[Path, dict | None]:
     return data_dir, ckpt
 
 
+def dropout_seed(seed: int, step: int, micro_step: int) -> int:
+    """The seed of a micro-batch's dropout masks. Like its tokens, they are a function of (seed, step, global
+    micro-batch), not of a generator's history: ranks draw different masks, any number of ranks trains the
+    same model, and a resumed run needs no RNG state from its checkpoint."""
+    return int(np.random.SeedSequence([seed, step, micro_step]).generate_state(1, np.uint64)[0])
+
+
 def evaluate(model, batches: TokenBatches, iters: int, run: Run) -> float:
     """Mean loss over a fixed set of validation batches (the same ones at every evaluation)."""
     model.eval()
@@ -165,9 +173,6 @@ def train(cfg: Config, run: Run, data_dir: Path, ckpt: dict | None) -> dict:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optim"])
         start, elapsed = ckpt["step"], ckpt["wall_s"]
-        torch.set_rng_state(ckpt["rng"]["cpu"])
-        if run.device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"][run.local_rank % len(ckpt["rng"]["cuda"])])
     raw = model
     if t.compile:
         model = torch.compile(model)
@@ -201,9 +206,7 @@ def train(cfg: Config, run: Run, data_dir: Path, ckpt: dict | None) -> dict:
             wandb_run.log(record, step=record["step"])
 
     def checkpoint(step: int):
-        rng = {"cpu": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else None}
-        state = {"model": raw.state_dict(), "optim": opt.state_dict(), "step": step, "rng": rng,
+        state = {"model": raw.state_dict(), "optim": opt.state_dict(), "step": step,
                  "wall_s": elapsed + time.time() - t0, "config": flat_dict(cfg)}
         if run.master:
             with atomic_path(out / CKPT) as tmp:
@@ -231,7 +234,10 @@ def train(cfg: Config, run: Run, data_dir: Path, ckpt: dict | None) -> dict:
         opt.set_lr_factor(factor)
         for micro in range(accum):
             # the global micro-batch index fixes each sample, so any number of ranks sees the same batch
-            x, y = run.to_device(train_batches.get(step, micro_step=run.rank * accum + micro))
+            global_micro = run.rank * accum + micro
+            x, y = run.to_device(train_batches.get(step, micro_step=global_micro))
+            if cfg.model.dropout > 0:
+                torch.manual_seed(dropout_seed(t.seed, step, global_micro))
             sync = model.no_sync() if run.ddp and micro < accum - 1 else nullcontext()
             with sync, run.autocast:
                 loss = model(x, y)[1] / accum

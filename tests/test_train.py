@@ -34,11 +34,14 @@ def assert_same_params(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_resume_is_exact(tmp_path, tiny_corpus):
-    straight = run_inprocess(tmp_path / "straight", tiny_corpus, **{"train.max_iters": 8, "train.ckpt_interval": 4})
-    half = run_inprocess(tmp_path / "split", tiny_corpus, **{"train.max_iters": 8, "train.stop_after": 4})
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_resume_is_exact(tmp_path, tiny_corpus, dropout):
+    run = {"train.max_iters": 8, "model.dropout": dropout}
+    straight = run_inprocess(tmp_path / "straight", tiny_corpus, **run, **{"train.ckpt_interval": 4})
+    half = run_inprocess(tmp_path / "split", tiny_corpus, **run, **{"train.stop_after": 4})
     assert half["status"] == "running" and half["step"] == 4
-    resumed = run_inprocess(tmp_path / "split", tiny_corpus, **{"train.max_iters": 8, "train.resume": "auto"})
+    torch.manual_seed(12345)  # whatever the global generator holds, dropout masks follow (seed, step, micro-batch)
+    resumed = run_inprocess(tmp_path / "split", tiny_corpus, **run, **{"train.resume": "auto"})
     assert straight["status"] == resumed["status"] == "done"
     assert losses(tmp_path / "straight") == losses(tmp_path / "split")  # steps 5-8 included, bitwise
     assert straight["final_val_loss"] == resumed["final_val_loss"]
@@ -72,9 +75,11 @@ def test_resume_is_exact_after_sigkill(tmp_path, tiny_corpus):
     assert_same_params(params(killed), params(straight))
 
 
-def test_ddp_two_processes_match_one(tmp_path, tiny_corpus):
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_ddp_two_processes_match_one(tmp_path, tiny_corpus, dropout):
+    """Same global batch, same model; with dropout too, since each micro-batch's masks follow its global index."""
     common = {**TINY_RUN, "data.dataset": tiny_corpus, "train.batch_size": 8, "train.micro_batch_size": 4,
-              "train.max_iters": 3}
+              "train.max_iters": 3, "model.dropout": dropout}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, "train.py", *overrides({**common, "train.out_dir": one})], env=env, check=True,
