@@ -18,13 +18,14 @@ Each run is `python train.py BASE key=value ... train.out_dir=DIR/NAME train.res
 its own, NAME spelling out the run's swept settings (`parameterization=mup,n_embd=256,log2_lr=-7,seed=1`).
 Every run's config is validated before anything starts. A run whose run.json says done or diverged is
 skipped, so running the same command again continues an interrupted sweep (unfinished runs resume from
-their checkpoints); a crash is recorded in the run's run.json (status failed, stderr tail) and the other
-runs go on. DIR/sweep.json lists every run's overrides, for plot.py. --dry-run prints the runs and the
+their checkpoints), and one that another process is running (it holds DIR/NAME/.lock) is left alone; a
+crash is recorded in the run's run.json (status failed, stderr tail) and the other runs go on. DIR/sweep.json lists every run's overrides, for plot.py. --dry-run prints the runs and the
 GPU-hours they need without starting anything.
 """
 
 import argparse
 import dataclasses
+import fcntl
 import functools
 import itertools
 import json
@@ -57,6 +58,8 @@ SWEEP_JSON = "sweep.json"
 SWEEP_KEYS = ("base", "grid", "overrides", "seeds")
 LOG2 = {"log2_lr": "optim.lr", "log2_wd": "optim.weight_decay"}  # grid shorthands: x stands for key = 2**x
 FINISHED = ("done", "diverged")  # outcomes a rerun keeps; anything else is launched (again)
+BUSY = "busy"  # what launch returns for a run that another process is running
+LOCK = ".lock"  # in each run directory, held by the process running that run
 RESERVED = ("train.out_dir", "train.resume")  # the sweep sets these for every run
 STDERR_TAIL = 2000  # characters of a failed run's stderr kept in its run.json
 # GPU-hour estimates: training FLOPs over an H100's dense bf16 peak at an assumed model FLOPs utilization.
@@ -178,21 +181,43 @@ def record_failure(run: Run, error: str) -> None:
 
 
 def launch(cmd: list[str], run: Run, env: dict) -> str:
-    """One training process, start to end; returns the status its run.json ends with."""
+    """One training process, start to end; returns the status its run.json ends with, or BUSY.
+
+    The run directory's lock is held throughout, so a second launch of the same run (a sweep started again
+    while the first one's jobs still run or wait in the Slurm queue) leaves it alone instead of racing it."""
     run.dir.mkdir(parents=True, exist_ok=True)
-    if read_record(run.dir).get("status") not in FINISHED:
+    with open(run.dir / LOCK, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return BUSY
+        status = read_record(run.dir).get("status")
+        if status in FINISHED:  # finished by another launch since this sweep looked
+            return status
         (run.dir / "run.json").unlink(missing_ok=True)  # a record left by an earlier attempt
-    with open(run.dir / "stdout.log", "ab") as stdout, open(run.dir / "stderr.log", "ab") as stderr:
-        start = stderr.tell()
-        code = subprocess.run(cmd, stdout=stdout, stderr=stderr, env={**os.environ, **env}).returncode
-    status = read_record(run.dir).get("status")
-    if status in FINISHED:
-        return status
-    with open(run.dir / "stderr.log", "rb") as f:
-        f.seek(start)
-        tail = f.read().decode(errors="replace")[-STDERR_TAIL:]
-    record_failure(run, f"train.py exited with code {code}\n{tail}")
-    return "failed"
+        with open(run.dir / "stdout.log", "ab") as stdout, open(run.dir / "stderr.log", "ab") as stderr:
+            start = stderr.tell()
+            code = subprocess.run(cmd, stdout=stdout, stderr=stderr, env={**os.environ, **env}).returncode
+        status = read_record(run.dir).get("status")
+        if status in FINISHED:
+            return status
+        with open(run.dir / "stderr.log", "rb") as f:
+            f.seek(start)
+            tail = f.read().decode(errors="replace")[-STDERR_TAIL:]
+        record_failure(run, f"train.py exited with code {code}\n{tail}")
+        return "failed"
+
+
+def busy(run: Run) -> bool:
+    """Whether another process holds the run's lock, i.e. is running it now."""
+    try:
+        with open(run.dir / LOCK) as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False
+    except BlockingIOError:
+        return True
+    return False
 
 
 def visible_gpus() -> list[str]:
@@ -368,10 +393,10 @@ def main(argv=None) -> int:
         print("interrupted; the same command continues the sweep (for slurm: once the submitted jobs have ended)",
               file=sys.stderr)
         return 130
-    statuses = [read_record(run.dir).get("status") for run in pending]
-    failed = len(pending) - statuses.count("done") - statuses.count("diverged")
+    statuses = [BUSY if busy(run) else read_record(run.dir).get("status") for run in pending]
+    failed = len(pending) - sum(statuses.count(s) for s in (*FINISHED, BUSY))
     print(f"done {statuses.count('done')}, diverged {statuses.count('diverged')}, failed {failed},"
-          f" skipped {len(runs) - len(pending)}")
+          f" running elsewhere {statuses.count(BUSY)}, skipped {len(runs) - len(pending)}")
     return 1 if failed else 0
 
 

@@ -1,6 +1,7 @@
 """scripts/sweep.py: the grid and its names, validation before anything runs, resuming, failures and
 divergence recorded per run, worker environments, the submitit path, and the shipped sweep files."""
 
+import fcntl
 import json
 import sys
 
@@ -103,6 +104,28 @@ def test_rerun_launches_only_unfinished_runs(tmp_path, launches):
     assert sweep.main([str(path), "--out", str(out)]) == 0
     assert len(launches) == 3
     assert list(json.loads((out / "sweep.json").read_text())["runs"]) == [f"n_embd={n}" for n in (32, 64, 96, 128, 160)]
+
+
+def test_a_run_another_process_is_running_is_left_alone(tmp_path, monkeypatch, capsys):
+    """A sweep started again while its first launch still runs a run (e.g. a Slurm job) must not race it."""
+    def command(sweep_, run, gpus_per_run):  # a training process that finishes at once
+        record = run.dir / "run.json"
+        return [sys.executable, "-c", f"import pathlib; pathlib.Path({str(record)!r}).write_text('{{\"status\": \"done\"}}')"]
+
+    monkeypatch.setattr(sweep, "command", command)
+    path = write_sweep(tmp_path / "s.yaml", {"model.n_embd": [32, 64]}, {"model.head_dim": 32})
+    out, args = tmp_path / "out", [str(path), "--out", str(tmp_path / "out")]
+    held = out / "n_embd=32"
+    held.mkdir(parents=True)
+    (held / "run.json").write_text(json.dumps({"status": "running", "step": 5}))
+    with open(held / sweep.LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as the process running that run holds it
+        assert sweep.main(args) == 0
+        assert "failed 0, running elsewhere 1" in capsys.readouterr().out
+        assert status(held) == {"status": "running", "step": 5} and not (held / "stdout.log").exists()
+        assert status(out / "n_embd=64")["status"] == "done"
+    assert sweep.main(args) == 0  # once it is no longer held, the run is launched (and resumes)
+    assert status(held)["status"] == "done" and "1 to run" in capsys.readouterr().out
 
 
 def test_failure_and_divergence_are_recorded_and_the_rest_run(tmp_path, tiny_corpus, monkeypatch):
