@@ -1,19 +1,21 @@
 """python -m bench.prepare: tokens/s of data.prepare on the offline corpus vs a bare tiktoken loop.
 
 Both turn the same text, the standard-library corpus (data.corpora.stdlib_files), into GPT-2 tokens from
-the offline ranks file ($GPT2_TIKTOKEN_FILE, else ../shared/data/gpt2.tiktoken), with the same budget of N workers (--workers, default: the usable cores):
-- prepare: data.prepare.prepare("stdlib") into a temporary directory with a fresh, temporary datasets
-  cache each time, i.e. a first preparation: datasets' text builder, the tokenizing map over N processes
-  (one tiktoken thread each), the train/val split, and train.bin/val.bin written and fsynced.
-- bare: list and read the same files, then one tiktoken encode_ordinary_batch(texts, num_threads=N).
-  Nothing is converted or written: the ceiling a pipeline could reach.
+the offline ranks file ($GPT2_TIKTOKEN_FILE, else ../shared/data/gpt2.tiktoken), with the same budget of
+N workers (--workers, default: the usable cores):
+- prepare: data.prepare.prepare("stdlib", num_proc=N) into a temporary directory with a fresh, temporary
+  datasets cache each time, i.e. a first preparation: datasets' generator builder reading the files, the
+  tokenizing map (N threads: the corpus is below data.prepare.MIN_DOCS_PER_PROC per process), the
+  train/val split, and train.bin/val.bin written and fsynced.
+- bare: read the same files, then one tiktoken encode_ordinary_batch(texts, num_threads=N). Nothing is
+  converted or written.
 tokens/s counts the text's tokens for both (prepare's EOT separators are left out). The GPT-2 tables are
-built once beforehand (they are cached per process and the map's forked workers inherit them). The bytes
-tokenizer's preparation is a third row for reference. Target: prepare >= 0.8 of the bare loop.
+built once beforehand (they are cached per process). The bytes tokenizer's preparation is a third row for
+reference. Target: prepare >= 0.8 of the bare loop.
 
 Then one more preparation with its stages timed (datasets loading, tokenizing map, writing, the rest),
-and, for the map, the cost of turning the bare loop's token lists into Arrow rows the way the map's writer
-does, so a gap to the bare loop has a measured cause.
+and the cost of turning ids into Arrow rows two ways: tiktoken's int lists through datasets' conversion,
+and data.prepare's numpy assembly, so a gap to the bare loop has a measured cause.
 """
 
 import argparse
@@ -27,7 +29,6 @@ from pathlib import Path
 from unittest import mock
 
 import datasets
-import pyarrow as pa
 
 import data.corpora
 import data.prepare
@@ -90,17 +91,21 @@ def stage_times(workers: int) -> tuple[dict, dict]:
 
 
 def arrow_rows_s() -> dict:
-    """Seconds to turn the corpus's token lists (one process) into Arrow uint16 rows: by datasets' conversion
-    of a returned dict (what a map function returning lists gets) and by pyarrow's (what _encode does)."""
+    """Seconds (one process) to turn the corpus's ids into Arrow uint16 rows, EOT appended: from tiktoken's
+    Python int lists by datasets' conversion (a map function returning them), and by data.prepare._encode's
+    assembly of the numpy arrays its tokenizer returns (encoding excluded)."""
     texts = [path.read_text(encoding="utf-8") for path in stdlib_files()]
     tok = get_tokenizer("gpt2", RANKS_FILE)
-    ids = [[*doc, tok.eot] for doc in tok.encode_batch(texts)]
+    lists = [[*doc, tok.eot] for doc in tok.enc.encode_ordinary_batch(texts)]
     features = datasets.Features({"ids": datasets.List(datasets.Value("uint16"))})
     t0 = time.perf_counter()
-    datasets.Dataset.from_dict({"ids": ids}, features=features)
+    datasets.Dataset.from_dict({"ids": lists}, features=features)
     t1 = time.perf_counter()
-    pa.array(ids, type=data.prepare.IDS)
-    return {"datasets": t1 - t0, "pyarrow": time.perf_counter() - t1}
+    arrays = tok.encode_batch(texts)
+    with mock.patch.object(tok, "encode_batch", lambda texts, threads: arrays):
+        t2 = time.perf_counter()
+        data.prepare._encode({"text": texts}, "gpt2", RANKS_FILE, 1)
+        return {"datasets": t1 - t0, "data.prepare": time.perf_counter() - t2}
 
 
 def main(argv=None):
@@ -134,10 +139,10 @@ def main(argv=None):
     print_table([{"stage": name, "seconds": s, "share": s / stages["total"]} for name, s in stages.items()],
                 "where one gpt2 preparation spends its time")
     print(f"listing the corpus (data.corpora.stdlib_files): {listing['calls']} calls, {listing['seconds']:.2f} s "
-          f"in all, inside the stages above\nbare loop (one listing included): "
+          f"in all, inside the stages above\nbare loop: "
           f"{t['bare tiktoken loop gpt2']['median']:.2f} s; turning its token lists into Arrow uint16 rows "
-          f"(one process): {arrow['datasets']:.2f} s by datasets' conversion, {arrow['pyarrow']:.2f} s by "
-          "pyarrow's (data.prepare uses pyarrow's)")
+          f"(one process): {arrow['datasets']:.2f} s from int lists by datasets' conversion, "
+          f"{arrow['data.prepare']:.2f} s from numpy arrays by data.prepare")
 
     record("prepare", {"corpus": "stdlib", "files": len(stdlib_files()), "workers": args.workers,
                        "prepare": "data.prepare.prepare, num_proc=workers, fresh datasets cache per run",

@@ -43,26 +43,37 @@ def split_documents(n_docs, val_fraction, seed):
 
 
 IDS = pa.list_(pa.from_numpy_dtype(DTYPE))
+# Below this many documents per process, threads of one process tokenize faster than a process pool, which
+# costs datasets' map about half a second to start (bench.prepare: 731 stdlib files, 2 processes slower than 1).
+MIN_DOCS_PER_PROC = 10_000
 
 
-def _encode(batch, tokenizer, ranks_file):
-    """Token ids of a batch of documents, EOT appended, as an Arrow table: pyarrow converts the id lists
-    about 5x faster than datasets' own conversion of a returned dict (bench.prepare measures both)."""
+def _encode(batch, tokenizer, ranks_file, threads):
+    """Token ids of a batch of documents, EOT appended, as an Arrow table built from numpy arrays: no Python
+    int lists, whose conversion by datasets would cost as much as the encoding (bench.prepare measures it)."""
     tok = get_tokenizer(tokenizer, ranks_file)
-    ids = [[*doc, tok.eot] for doc in tok.encode_batch(batch["text"])]
-    return pa.table({"ids": pa.array(ids, type=IDS)})
+    docs = tok.encode_batch(batch["text"], threads)
+    offsets = np.zeros(len(docs) + 1, dtype=np.int32)
+    np.cumsum([len(doc) + 1 for doc in docs], out=offsets[1:])
+    ids = np.full(offsets[-1], tok.eot, dtype=DTYPE)  # each document's ids go before its EOT
+    for doc, start in zip(docs, offsets):
+        ids[start : start + len(doc)] = doc
+    return pa.table({"ids": pa.ListArray.from_arrays(offsets, ids, type=IDS)})
 
 
 def tokenize(docs, tokenizer, ranks_file=None, num_proc=None):
-    """One row of token ids (ending in EOT) per document."""
+    """One row of token ids (ending in EOT) per document, num_proc-way parallel: over processes for a large
+    corpus such as OpenWebText, over threads of this process for a small one (tiktoken releases the GIL)."""
+    num_proc = num_proc or 1
+    procs = max(1, min(num_proc, len(docs) // MIN_DOCS_PER_PROC))
     features = datasets.Features({"ids": datasets.List(datasets.Value("uint16"))})
     return docs.map(
         _encode,
         batched=True,
-        fn_kwargs={"tokenizer": tokenizer, "ranks_file": ranks_file},
+        fn_kwargs={"tokenizer": tokenizer, "ranks_file": ranks_file, "threads": num_proc // procs},
         remove_columns=docs.column_names,
         features=features,
-        num_proc=num_proc if num_proc and num_proc > 1 else None,
+        num_proc=procs if procs > 1 else None,
         # datasets fingerprints _encode by name, not by the tokenizer code behind it, so a cached result
         # could silently outlive a change to that code; tokenizing again is the safe side.
         load_from_cache_file=False,
@@ -164,7 +175,9 @@ def main(argv=None):
         "--val-fraction", type=float, help="share of documents held out (default: 0.0005 for openwebtext, else 0.01)"
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the train/val split")
-    parser.add_argument("--num-proc", type=int, default=DEFAULT_NUM_PROC, help="tokenizing processes")
+    parser.add_argument(
+        "--num-proc", type=int, default=DEFAULT_NUM_PROC, help="tokenizing processes (threads, for a small corpus)"
+    )
     parser.add_argument("--dataset-id", help=f"Hub dataset for openwebtext (default: {OPENWEBTEXT_ID})")
     parser.add_argument("--revision", help=f"Hub revision for openwebtext (default: {OPENWEBTEXT_REVISION})")
     parser.add_argument(

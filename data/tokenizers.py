@@ -1,13 +1,16 @@
 """Tokenizers: GPT-2's BPE (through tiktoken) and raw UTF-8 bytes.
 
-Both expose the same small interface (name, vocab_size, eot, encode_batch, decode), so data.prepare does
-not care which one it runs. Text is encoded "ordinarily": a literal "<|endoftext|>" inside a document is
-plain text, and the only EOT tokens in a prepared corpus are the ones data.prepare puts between documents.
+Both expose the same small interface (name, vocab_size, eot, encode_batch(texts, threads) -> numpy arrays,
+decode), so data.prepare does not care which one it runs. Text is encoded "ordinarily": a literal "<|endoftext|>" inside
+a document is plain text, and the only EOT tokens in a prepared corpus are the ones data.prepare puts
+between documents.
 """
 
 import functools
 import os
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import tiktoken
 
 # sha256 of GPT-2's merge ranks in .tiktoken form (tiktoken ships the same hash for r50k_base), so a
@@ -51,9 +54,19 @@ class GPT2:
         self.vocab_size = self.enc.n_vocab
         self.eot = self.enc.eot_token
 
-    def encode_batch(self, texts):
-        # One thread: data.prepare parallelizes over processes (num_proc) instead.
-        return self.enc.encode_ordinary_batch(texts, num_threads=1)
+    def encode_batch(self, texts, threads=1):
+        """Each text's ids as a numpy array, over `threads` threads (tiktoken releases the GIL).
+
+        tiktoken's batch encoder returns Python int lists, whose conversion costs data.prepare about a third
+        of the encoding itself; its numpy encoder skips them but has no batch form, hence the thread pool.
+        `disallowed_special=()` with no allowed specials encodes exactly as encode_ordinary (tested)."""
+        if threads == 1:
+            return [self._encode(text) for text in texts]
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(self._encode, texts))
+
+    def _encode(self, text):
+        return self.enc.encode_to_numpy(text, disallowed_special=())
 
     def decode(self, ids):
         return self.enc.decode(list(ids))
@@ -71,8 +84,9 @@ class Bytes:
     vocab_size = 256
     eot = 0
 
-    def encode_batch(self, texts):
-        return [list(text.encode("utf-8")) for text in texts]
+    def encode_batch(self, texts, threads=1):
+        """Each text's UTF-8 bytes as a numpy array; `threads` is unused (a memory copy, nothing to spread)."""
+        return [np.frombuffer(text.encode("utf-8"), dtype=np.uint8) for text in texts]
 
     def decode(self, ids):
         return bytes(ids).decode("utf-8", errors="replace")

@@ -4,6 +4,7 @@ Offline and fast: corpora are a few dozen documents written here, datasets' cach
 and GPT-2 comes from the repository's offline ranks file.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -93,7 +94,7 @@ def check_prepared(out, docs, tok, val_fraction):
     Each split must be a run of whole documents, each its encoding followed by EOT, in corpus order, and
     together the two splits must hold every document exactly once.
     """
-    encoded = [tuple(ids) for ids in tok.encode_batch(docs)]
+    encoded = [tuple(ids.tolist()) for ids in tok.encode_batch(docs)]
     assert tok.eot not in {t for ids in encoded for t in ids}
     found = {}
     for split in ("train", "val"):
@@ -125,10 +126,12 @@ def test_gpt2_offline_file_gives_gpt2_ids(monkeypatch):
     tok = get_tokenizer("gpt2", GPT2_FILE)
     assert (tok.name, tok.vocab_size, tok.eot) == ("gpt2", 50257, 50256)
     hello = [15496, 995, 11, 262, 2068, 7586, 21831, 13]
-    assert tok.encode_batch(["Hello world, the quick brown fox."]) == [hello]
+    assert [ids.tolist() for ids in tok.encode_batch(["Hello world, the quick brown fox."])] == [hello]
     assert 50256 not in tok.encode_batch(["<|endoftext|>"])[0]  # special tokens are not parsed from text
+    for threads in (1, 3):  # the numpy encoder over threads is tiktoken's encode_ordinary, document by document
+        assert [ids.tolist() for ids in tok.encode_batch(DOCS, threads)] == tok.enc.encode_ordinary_batch(DOCS)
     monkeypatch.setenv("GPT2_TIKTOKEN_FILE", str(GPT2_FILE))
-    assert get_tokenizer("gpt2").encode_batch(["Hello world, the quick brown fox."]) == [hello]
+    assert get_tokenizer("gpt2").encode_batch(["Hello world, the quick brown fox."])[0].tolist() == hello
 
 
 def test_gpt2_rejects_a_wrong_ranks_file(tmp_path):
@@ -143,7 +146,7 @@ def test_bytes_tokenizer_round_trips():
     assert (tok.name, tok.vocab_size, tok.eot) == ("bytes", 256, 0)
     text = "naïve café, 数据, 🚀"
     [ids] = tok.encode_batch([text])
-    assert ids == list(text.encode("utf-8")) and len(ids) > len(text)
+    assert ids.tolist() == list(text.encode("utf-8")) and len(ids) > len(text)
     assert tok.decode(ids) == text
 
 
@@ -174,6 +177,31 @@ def test_prepare_files_gives_exact_tokens(tmp_path, fmt, tok_name):
     assert meta["source"] == {"name": "files", "files": [str(p.resolve()) for p in inputs]}
     assert meta["split_seed"] == 3
     assert not list(out.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("tok_name", TOKENIZERS)
+def test_parallel_tokenizing_gives_the_same_files(tmp_path, monkeypatch, tok_name):
+    """num_proc=2 tokenizes over threads for a small corpus and over processes for a large one (here: forced
+    by a low threshold, the OpenWebText path); both must give exactly what one worker gives."""
+    inputs = write_corpus(tmp_path / "corpus", "jsonl")
+    kwargs = {"tokenizer": tok_name, "inputs": inputs, "ranks_file": GPT2_FILE, "val_fraction": 0.1}
+    one = prepare("files", out=tmp_path / "one", num_proc=1, **kwargs)
+    threads = prepare("files", out=tmp_path / "threads", num_proc=2, **kwargs)
+    monkeypatch.setattr(data.prepare, "MIN_DOCS_PER_PROC", 10)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    monkeypatch.setattr(data.prepare, "_encode", functools.partial(record_pid, pids, data.prepare._encode))
+    processes = prepare("files", out=tmp_path / "processes", num_proc=2, **kwargs)
+    spawned = {int(p.name) for p in pids.iterdir()}
+    assert len(spawned) == 2 and os.getpid() not in spawned
+    for out in (threads, processes):
+        for name in ("train.bin", "val.bin"):
+            assert (out / name).read_bytes() == (one / name).read_bytes()
+
+
+def record_pid(directory, encode, batch, **kwargs):
+    (directory / str(os.getpid())).touch()
+    return encode(batch, **kwargs)
 
 
 def test_prepare_mixed_inputs_keep_their_order(tmp_path):
