@@ -21,7 +21,10 @@ Exp = tuple[float, float]  # (exponent of r_n, exponent of r_L)
 @dataclass(frozen=True)
 class Forward:
     init_var: Exp | None  # None: not Gaussian (biases 0, LayerNorm gains 1)
-    multiplier: Exp  # the block multiplier of the branch the tensor belongs to
+    # The multiplier of the branch a matrix belongs to (embedding, a block's attention or MLP, head). None:
+    # no branch of its own; a hidden vector is scaled with the block branch it sits in (Table B's alpha / r_L
+    # for hidden biases is that branch's), and the final norm sits outside every branch.
+    multiplier: Exp | None
 
 
 @dataclass(frozen=True)
@@ -36,9 +39,9 @@ def forward(d: float) -> dict[str, Forward]:
     return {
         "input": Forward(init_var=(0, 0), multiplier=(0, 0)),
         "hidden": Forward(init_var=(-1, 0), multiplier=(0, -d)),
-        "hidden_vector": Forward(init_var=None, multiplier=(0, -d)),
+        "hidden_vector": Forward(init_var=None, multiplier=None),
         "output": Forward(init_var=(0, 0), multiplier=(-1, 0)),
-        "final_norm": Forward(init_var=None, multiplier=(0, 0)),
+        "final_norm": Forward(init_var=None, multiplier=None),
     }
 
 

@@ -87,7 +87,7 @@ def test_no_block_multiplier_fails_the_depth_band(monkeypatch):
 
     def no_depth_multiplier(d):
         f = forward(d)
-        return f | {role: rules.Forward(f[role].init_var, multiplier=(0, 0)) for role in ("hidden", "hidden_vector")}
+        return f | {"hidden": rules.Forward(f["hidden"].init_var, multiplier=(0, 0))}
 
     monkeypatch.setattr(rules, "forward", no_depth_multiplier)
     v = sweep(DEPTH, parameterizations=["mup"])["mup"]
