@@ -33,6 +33,7 @@ from optim.hybrid import build_optimizer
 from optim.schedule import lr_factor
 
 CKPT = "ckpt.pt"
+RECORD_FIELDS = ("step", "final_train_loss", "final_val_loss", "tokens", "wall_s")
 # Keys a checkpoint must share with the config that resumes it: they fix the shapes and the rules.
 MUST_MATCH = ("model.", "scaling.", "optim.name", "data.tokenizer")
 
@@ -138,6 +139,33 @@ def dropout_seed(seed: int, step: int, micro_step: int) -> int:
     return int(np.random.SeedSequence([seed, step, micro_step]).generate_state(1, np.uint64)[0])
 
 
+def run_record(cfg: Config, status: str, **fields) -> dict:
+    """A run.json record: every field DESIGN.md names (null until known), any extra ones, the config."""
+    return {"status": status, **dict.fromkeys(RECORD_FIELDS), **fields, "config": to_dict(cfg)}
+
+
+def record_failure(cfg: Config, error: str) -> None:
+    """Make run.json say failed, keeping how far the run got (the step a resume continues from)."""
+    path = Path(cfg.train.out_dir) / "run.json"
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        previous = {}
+    progress = {k: previous.get(k) for k in ("step", "tokens", "wall_s")}
+    write_json(path, run_record(cfg, "failed", **progress, error=error))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl's records; a last line torn by a kill in mid-write is dropped."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pass
+    return records
+
+
 def evaluate(model, batches: TokenBatches, iters: int, run: Run) -> float:
     """Mean loss over a fixed set of validation batches (the same ones at every evaluation)."""
     model.eval()
@@ -184,9 +212,11 @@ def train(cfg: Config, run: Run, data_dir: Path, ckpt: dict | None) -> dict:
     peak = perf.peak_flops(run.device)
     flops_per_token = perf.train_flops_per_token(raw) if peak else None
     metrics_path = out / "metrics.jsonl"
+    train_loss = None  # of the last log window
     if run.master and metrics_path.exists():  # drop records a killed run wrote after its last checkpoint
-        kept = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
-        write_text(metrics_path, "".join(ln + "\n" for ln in kept))
+        kept = [r for r in read_metrics(metrics_path) if r["step"] <= start]
+        write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        train_loss = next((r["train_loss"] for r in reversed(kept) if "train_loss" in r), None)
     wandb_run = None
     if cfg.log.wandb and run.master:
         import wandb
@@ -211,22 +241,24 @@ def train(cfg: Config, run: Run, data_dir: Path, ckpt: dict | None) -> dict:
         if run.master:
             with atomic_path(out / CKPT) as tmp:
                 torch.save(state, tmp)
+            write_json(out / "run.json", run_record(cfg, "running", step=step, tokens=step * tokens_per_step,
+                                                    wall_s=state["wall_s"]))
 
     def finish(status: str, step: int, train_loss: float | None, **extra) -> dict:
         val = evaluate(model, val_batches, t.eval_iters, run) if status == "done" else None
-        record = {"status": status, "step": step, "final_train_loss": train_loss, "final_val_loss": val,
-                  "tokens": step * tokens_per_step, "wall_s": elapsed + time.time() - t0, **extra,
-                  "config": to_dict(cfg)}
+        record = run_record(cfg, status, step=step, final_train_loss=train_loss, final_val_loss=val,
+                            tokens=step * tokens_per_step, wall_s=elapsed + time.time() - t0, **extra)
         if run.master:
             write_json(out / "run.json", record)
         return record
 
     t0 = time.time()
     if run.master:
-        write_json(out / "run.json", {"status": "running", "step": start, "config": to_dict(cfg)})
+        write_json(out / "run.json", run_record(cfg, "running", step=start, tokens=start * tokens_per_step,
+                                                wall_s=elapsed))
     nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)
     loss_sum = torch.zeros((), device=run.device)
-    window_t0, window_start, train_loss = time.time(), start, float("nan")
+    window_t0, window_start = time.time(), start
     if cfg.log.spectral_interval:
         from mup import spectral  # optional diagnostics
     for step in range(start, t.max_iters):
@@ -291,21 +323,21 @@ def main(argv=None):
     ap.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]")
     ap.add_argument("--resume", action="store_true", help="same as train.resume=auto")
     ap.add_argument("--print-scaling", action="store_true", help="print the scaling table and exit")
-    a = ap.parse_args(argv)
+    a = ap.parse_intermixed_args(argv)
     path = a.args[0] if a.args and "=" not in a.args[0] else None
     overrides = a.args[1:] if path else a.args
     if a.resume:
         overrides.append("train.resume=auto")
     try:
         cfg = load_config(path, overrides)
+        if a.print_scaling:  # needs no device: the table is the same everywhere
+            from mup.table import format_table, table_for
+
+            print(format_table(cfg, table_for(cfg)))
+            return
         run = Run(cfg)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
-    if a.print_scaling:
-        from mup.table import format_table, table_for
-
-        print(format_table(cfg, table_for(cfg)))
-        return
     run.start()
     try:
         try:
@@ -315,10 +347,8 @@ def main(argv=None):
         try:
             train(cfg, run, data_dir, ckpt)
         except BaseException:
-            out = Path(cfg.train.out_dir)
-            if run.master and out.is_dir():
-                record = {"status": "failed", "error": traceback.format_exc()[-4000:], "config": to_dict(cfg)}
-                write_json(out / "run.json", record)
+            if run.master and Path(cfg.train.out_dir).is_dir():
+                record_failure(cfg, traceback.format_exc()[-4000:])
             raise
     finally:
         if run.ddp and dist.is_initialized():

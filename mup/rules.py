@@ -1,6 +1,6 @@
 """The parameterization rules of Zheng et al. (2026), "Spectral Condition for muP under Width-Depth
 Scaling", as exponents: every hyperparameter is its base value x r_n^a x r_L^b with r_n = n / n_base and
-r_L = L / L_base, and each entry below is the pair (a, b). Hold this file next to SPEC-mup.md.
+r_L = L / L_base, and each entry below is the pair (a, b). Hold this file next to docs/SPEC-mup.md.
 
 `d` is the depth exponent alpha_d: 1 for blocks of k >= 2 transformations (attention, MLP: `mup`),
 1/2 for one-transformation blocks (`mup_k1`). One formula in d reproduces both the k >= 2 tables

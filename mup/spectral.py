@@ -1,4 +1,4 @@
-"""Spectral diagnostics: Condition 3.1 of SPEC-mup.md measured on a live model.
+"""Spectral diagnostics: Condition 3.1 of docs/SPEC-mup.md measured on a live model.
 
 muP is derived from RMS operator norms, ||W||_R = sqrt(in/out) ||W||_2 for W in R^{out x in}: the input
 and output layers must keep alpha ||W||_R and alpha ||dW||_R at Theta(1), and each residual branch

@@ -1,7 +1,7 @@
 """Print the scaling table of a config: python -m mup.table [CONFIG.yaml] [key=value ...] [--json]
 
 --json prints a list of records {name, role, shape, init_std, multiplier, lr, weight_decay, eps,
-optimizer} for other tools; without it, a table a reader can hold next to SPEC-mup.md.
+optimizer} for other tools; without it, a table a reader can hold next to docs/SPEC-mup.md.
 """
 
 import argparse
@@ -39,7 +39,7 @@ def main(argv=None):
     ap.add_argument("config", nargs="?", help="YAML config (default: the embedded default)")
     ap.add_argument("overrides", nargs="*", help="key=value")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
     if args.config and "=" in args.config:
         args.overrides.insert(0, args.config)
         args.config = None

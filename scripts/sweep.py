@@ -19,8 +19,9 @@ its own, NAME spelling out the run's swept settings (`parameterization=mup,n_emb
 Every run's config is validated before anything starts. A run whose run.json says done or diverged is
 skipped, so running the same command again continues an interrupted sweep (unfinished runs resume from
 their checkpoints), and one that another process is running (it holds DIR/NAME/.lock) is left alone; a
-crash is recorded in the run's run.json (status failed, stderr tail) and the other runs go on. DIR/sweep.json lists every run's overrides, for plot.py. --dry-run prints the runs and the
-GPU-hours they need without starting anything.
+crash is recorded in the run's run.json (status failed, stderr tail) and the other runs go on.
+DIR/sweep.json lists every run's overrides, for plot.py. --dry-run prints the runs and the GPU-hours they
+need without starting anything.
 """
 
 import argparse
@@ -51,6 +52,7 @@ from atomic import write_json  # noqa: E402
 from config import (  # noqa: E402
     Config, ConfigError, ModelConfig, from_flat, parse_overrides, read_yaml, to_dict, validate,
 )
+import train  # noqa: E402
 from model import GPT  # noqa: E402
 
 TRAIN = ROOT / "train.py"
@@ -174,10 +176,8 @@ def read_record(run_dir: Path) -> dict:
 
 def record_failure(run: Run, error: str) -> None:
     """Make run.json say failed, unless the run itself already said so (its message is the better one)."""
-    record = read_record(run.dir)
-    if record.get("status") != "failed":
-        record = {**record, "status": "failed", "error": error, "config": record.get("config") or to_dict(run.config)}
-        write_json(run.dir / "run.json", record)
+    if read_record(run.dir).get("status") != "failed":
+        train.record_failure(run.config, error)
 
 
 def launch(cmd: list[str], run: Run, env: dict) -> str:

@@ -1,4 +1,4 @@
-"""The model applies the multipliers it is handed, where SPEC-mup.md says."""
+"""The model applies the multipliers it is handed, where docs/SPEC-mup.md says."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The scaling table against SPEC-mup.md, with the expected values written out from the spec's tables
+"""The scaling table against docs/SPEC-mup.md, with the expected values written out from the spec's tables
 (not from mup/rules.py's exponent form), so a wrong exponent anywhere fails here."""
 
 import json
@@ -27,7 +27,7 @@ def cfg_at(n, L, p="mup", opt="muon_kimi", **extra):
 
 
 def expected(p, opt, role, n, L):
-    """(init_std, multiplier, lr, wd, eps, optimizer) of a tensor role, straight from SPEC-mup.md."""
+    """(init_std, multiplier, lr, wd, eps, optimizer) of a tensor role, straight from docs/SPEC-mup.md."""
     rn, rL = n / 256, L / 4
     if p == "sp":
         rn = rL = 1.0

@@ -110,7 +110,8 @@ def test_a_run_another_process_is_running_is_left_alone(tmp_path, monkeypatch, c
     """A sweep started again while its first launch still runs a run (e.g. a Slurm job) must not race it."""
     def command(sweep_, run, gpus_per_run):  # a training process that finishes at once
         record = run.dir / "run.json"
-        return [sys.executable, "-c", f"import pathlib; pathlib.Path({str(record)!r}).write_text('{{\"status\": \"done\"}}')"]
+        script = f"import json, pathlib; pathlib.Path({str(record)!r}).write_text(json.dumps({{'status': 'done'}}))"
+        return [sys.executable, "-c", script]
 
     monkeypatch.setattr(sweep, "command", command)
     path = write_sweep(tmp_path / "s.yaml", {"model.n_embd": [32, 64]}, {"model.head_dim": 32})

@@ -39,7 +39,7 @@ def test_resume_is_exact(tmp_path, tiny_corpus, dropout):
     run = {"train.max_iters": 8, "model.dropout": dropout}
     straight = run_inprocess(tmp_path / "straight", tiny_corpus, **run, **{"train.ckpt_interval": 4})
     half = run_inprocess(tmp_path / "split", tiny_corpus, **run, **{"train.stop_after": 4})
-    assert half["status"] == "running" and half["step"] == 4
+    assert half["status"] == "running" and half["step"] == 4 and set(train.RECORD_FIELDS) <= half.keys()
     torch.manual_seed(12345)  # whatever the global generator holds, dropout masks follow (seed, step, micro-batch)
     resumed = run_inprocess(tmp_path / "split", tiny_corpus, **run, **{"train.resume": "auto"})
     assert straight["status"] == resumed["status"] == "done"
@@ -106,14 +106,38 @@ def test_divergence_is_recorded_not_raised(tmp_path, tiny_corpus):
 
 
 def test_failure_is_recorded(tmp_path, tiny_corpus, monkeypatch):
-    def broken(*a, **k):
-        raise RuntimeError("boom")
+    evaluate, calls = train.evaluate, []
+
+    def broken(*a, **k):  # the final evaluation fails, after step 3's went through and steps 3, 6 checkpointed
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return evaluate(*a, **k)
 
     monkeypatch.setattr(train, "evaluate", broken)
     with pytest.raises(RuntimeError, match="boom"):
         run_inprocess(tmp_path / "f", tiny_corpus)
     rec = json.loads((tmp_path / "f" / "run.json").read_text())
     assert rec["status"] == "failed" and "boom" in rec["error"]
+    assert set(train.RECORD_FIELDS) <= rec.keys() and rec["step"] == 6  # the resume point
+
+
+def test_killed_between_last_checkpoint_and_record_resumes_to_a_full_record(tmp_path, tiny_corpus):
+    first = run_inprocess(tmp_path / "k", tiny_corpus)
+    (tmp_path / "k" / "run.json").write_text(json.dumps({"status": "running", "step": 6}))  # as a kill leaves it
+    with (tmp_path / "k" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 7, "train_lo')  # and a line torn in mid-write
+    again = run_inprocess(tmp_path / "k", tiny_corpus, **{"train.resume": "auto"})
+    assert again["status"] == "done"
+    assert again["final_train_loss"] == first["final_train_loss"] == losses(tmp_path / "k")[6]
+    assert again["final_val_loss"] == first["final_val_loss"]
+
+
+def test_print_scaling_needs_no_device():
+    res = subprocess.run([sys.executable, "train.py", "configs/owt_base.yaml", "--print-scaling", "model.n_embd=512"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("mup, muon_kimi: n=512 L=4") and "blocks.3.mlp.proj.weight" in res.stdout
 
 
 def test_done_run_is_not_rerun(tmp_path, tiny_corpus, capsys):
