@@ -50,6 +50,8 @@ sweep depth_noln
 sweep depth_k1
 # v2: weight-decay transfer across width (x: log2 WD). paper: 30 runs, 9.8 H100-hours. tiny: 20 runs, 14 CPU-min.
 sweep wd_width
-# Total sweeps: paper 326 runs, 63.9 H100-hours; tiny 233 runs, ~3.3 CPU-hours (~1.7 h with 2 workers on 2 cores).
+# v2: the Muon-AdamW variant of Fig. 1(c). paper: 72 runs, 23.4 H100-hours. tiny: 48 runs, 34 CPU-min.
+sweep width_muon
+# Total sweeps: paper 398 runs, 87.3 H100-hours; tiny 281 runs, ~3.9 CPU-hours (~2 h with 2 workers on 2 cores).
 
 echo "done: tables, figures and summary.json under $OUT/*/"

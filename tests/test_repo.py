@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -13,3 +15,14 @@ def test_ci_runs_readme_commands():
     assert ci[-1] == test_cmd
     assert "pip install -q torch==2.13.0" in ci and "pip install -q -r requirements-dev.txt" in ci
     assert "pip install torch==2.13.0 && pip install -r requirements-dev.txt" in readme
+
+
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.mark.parametrize("name", ["SPEC-mup.md", "paper_tables.md"])
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared specification directory at {SHARED}")
+def test_docs_hold_the_current_specification(name):
+    """docs/ carries the parameterization spec and the published tables for readers of the repository;
+    where the project's shared copy is present, the two must not have drifted apart."""
+    assert (ROOT / "docs" / name).read_text() == (SHARED / name).read_text()
