@@ -204,6 +204,22 @@ def record_pid(directory, encode, batch, **kwargs):
     return encode(batch, **kwargs)
 
 
+@pytest.mark.parametrize("tok_name", TOKENIZERS)
+def test_openwebtext_path_on_a_local_parquet_repository(tmp_path, tok_name):
+    """The OpenWebText code path (datasets.load_dataset of a Hub id) on a local directory laid out like the
+    Hub repository's Parquet shards; --max-docs streams the first documents instead of loading them all."""
+    repo = tmp_path / "openwebtext"
+    (repo / "plain_text").mkdir(parents=True)
+    for i, shard in enumerate((DOCS[:25], DOCS[25:])):
+        pq.write_table(pa.table({"text": shard}), repo / "plain_text" / f"train-{i:05d}-of-00002.parquet")
+    kwargs = {"tokenizer": tok_name, "dataset_id": str(repo), "ranks_file": GPT2_FILE, "val_fraction": 0.1}
+    out = prepare("openwebtext", out=tmp_path / "all", num_proc=1, **kwargs)
+    check_prepared(out, DOCS, tokenizer(tok_name), val_fraction=0.1)
+    assert read_meta(out)["source"] == {"name": "openwebtext", "dataset_id": str(repo), "revision": "main"}
+    first = prepare("openwebtext", out=tmp_path / "first", max_docs=10, **kwargs)
+    check_prepared(first, DOCS[:10], tokenizer(tok_name), val_fraction=0.1)
+
+
 def test_prepare_mixed_inputs_keep_their_order(tmp_path):
     parts = [DOCS[:10], DOCS[10:13], DOCS[13:]]
     inputs = (
