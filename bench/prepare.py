@@ -30,7 +30,6 @@ from unittest import mock
 
 import datasets
 
-import data.corpora
 import data.prepare
 from bench.common import add_timing_args, interleaved, ms, print_table, record
 from data.corpora import stdlib_files
@@ -40,7 +39,6 @@ from data.tokenizers import get_tokenizer
 SHARED_RANKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2.tiktoken"  # the offline copy
 RANKS_FILE = os.environ.get("GPT2_TIKTOKEN_FILE") or (SHARED_RANKS if SHARED_RANKS.exists() else None)
 STAGES = ((data.prepare, "load_documents"), (data.prepare, "tokenize"), (data.prepare, "write_bin"))
-LISTING = (data.corpora, "stdlib_files")  # inside the stages above: timed on its own, not in the total
 
 
 def prepare_once(tokenizer: str, workers: int) -> dict:
@@ -64,14 +62,12 @@ def text_tokens(meta: dict) -> int:
     return meta["train_tokens"] + meta["val_tokens"] - meta["train_docs"] - meta["val_docs"]
 
 
-def stage_times(workers: int) -> tuple[dict, dict]:
-    """Seconds in each stage of one preparation, by wrapping the functions data.prepare calls; and the
-    calls and seconds of listing the corpus's files (they happen inside the stages)."""
-    spent, calls = defaultdict(float), defaultdict(int)
+def stage_times(workers: int) -> dict:
+    """Seconds in each stage of one preparation, by wrapping the functions data.prepare calls."""
+    spent = defaultdict(float)
 
     def timed(name, fn):
         def wrapper(*args, **kwargs):
-            calls[name] += 1
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
@@ -81,13 +77,12 @@ def stage_times(workers: int) -> tuple[dict, dict]:
         return wrapper
 
     with contextlib.ExitStack() as stack:
-        for module, name in (*STAGES, LISTING):
+        for module, name in STAGES:
             stack.enter_context(mock.patch.object(module, name, timed(name, getattr(module, name))))
         t0 = time.perf_counter()
         prepare_once("gpt2", workers)
         total = time.perf_counter() - t0
-    listing = {"calls": calls.pop(LISTING[1]), "seconds": spent.pop(LISTING[1])}
-    return {**spent, "other (split, select, meta, describe)": total - sum(spent.values()), "total": total}, listing
+    return {**spent, "other (split, select, meta, describe)": total - sum(spent.values()), "total": total}
 
 
 def arrow_rows_s() -> dict:
@@ -97,9 +92,8 @@ def arrow_rows_s() -> dict:
     texts = [path.read_text(encoding="utf-8") for path in stdlib_files()]
     tok = get_tokenizer("gpt2", RANKS_FILE)
     lists = [[*doc, tok.eot] for doc in tok.enc.encode_ordinary_batch(texts)]
-    features = datasets.Features({"ids": datasets.List(datasets.Value("uint16"))})
     t0 = time.perf_counter()
-    datasets.Dataset.from_dict({"ids": lists}, features=features)
+    datasets.Dataset.from_dict({"ids": lists}, features=data.prepare.FEATURES)
     t1 = time.perf_counter()
     arrays = tok.encode_batch(texts)
     with mock.patch.object(tok, "encode_batch", lambda texts, threads: arrays):
@@ -134,12 +128,11 @@ def main(argv=None):
                 f"stdlib corpus ({len(stdlib_files())} files), {args.workers} workers, {args.rounds} rounds")
     print(f"\nprepare / bare (gpt2): {ratio:.2f} (target >= 0.8)")
 
-    stages, listing = stage_times(args.workers)
+    stages = stage_times(args.workers)
     arrow = arrow_rows_s()
     print_table([{"stage": name, "seconds": s, "share": s / stages["total"]} for name, s in stages.items()],
                 "where one gpt2 preparation spends its time")
-    print(f"listing the corpus (data.corpora.stdlib_files): {listing['calls']} calls, {listing['seconds']:.2f} s "
-          f"in all, inside the stages above\nbare loop: "
+    print(f"bare loop: "
           f"{t['bare tiktoken loop gpt2']['median']:.2f} s; turning its token lists into Arrow uint16 rows "
           f"(one process): {arrow['datasets']:.2f} s from int lists by datasets' conversion, "
           f"{arrow['data.prepare']:.2f} s from numpy arrays by data.prepare")
@@ -149,7 +142,6 @@ def main(argv=None):
                        "bare": "read files + tiktoken encode_ordinary_batch(num_threads=workers)",
                        "rounds": args.rounds, "reps": args.reps, "warmup": args.warmup},
            {"seconds": t, "tokens": tokens, "tokens_per_s": rate, "ratio": ratio, "stages_s": stages,
-            "listing": listing,
             "arrow_rows_s": arrow})
 
 

@@ -43,6 +43,7 @@ def split_documents(n_docs, val_fraction, seed):
 
 
 IDS = pa.list_(pa.from_numpy_dtype(DTYPE))
+FEATURES = datasets.Features.from_arrow_schema(pa.schema({"ids": IDS}))
 # Below this many documents per process, threads of one process tokenize faster than a process pool, which
 # costs datasets' map about half a second to start (bench.prepare: 731 stdlib files, 2 processes slower than 1).
 MIN_DOCS_PER_PROC = 10_000
@@ -66,13 +67,12 @@ def tokenize(docs, tokenizer, ranks_file=None, num_proc=None):
     corpus such as OpenWebText, over threads of this process for a small one (tiktoken releases the GIL)."""
     num_proc = num_proc or 1
     procs = max(1, min(num_proc, len(docs) // MIN_DOCS_PER_PROC))
-    features = datasets.Features({"ids": datasets.List(datasets.Value("uint16"))})
     return docs.map(
         _encode,
         batched=True,
         fn_kwargs={"tokenizer": tokenizer, "ranks_file": ranks_file, "threads": num_proc // procs},
         remove_columns=docs.column_names,
-        features=features,
+        features=FEATURES,
         num_proc=procs if procs > 1 else None,
         # datasets fingerprints _encode by name, not by the tokenizer code behind it, so a cached result
         # could silently outlive a change to that code; tokenizing again is the safe side.
