@@ -346,6 +346,8 @@ def main(argv=None):
             sys.exit(f"error: {e}")
         try:
             train(cfg, run, data_dir, ckpt)
+            if run.ddp:  # end together: a rank tearing gloo down while rank 0 still writes can abort its peer
+                dist.barrier()
         except BaseException:
             if run.master and Path(cfg.train.out_dir).is_dir():
                 record_failure(cfg, traceback.format_exc()[-4000:])

@@ -84,9 +84,10 @@ def test_ddp_two_processes_match_one(tmp_path, tiny_corpus, dropout):
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, "train.py", *overrides({**common, "train.out_dir": one})], env=env, check=True,
                    stdout=subprocess.DEVNULL)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-                    *overrides({**common, "train.out_dir": two})], env=env, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "train.py", *overrides({**common, "train.out_dir": two})], env=env, capture_output=True,
+                         text=True)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]  # also at exit: every rank must end cleanly
     a, b = params(one), params(two)
     moved = params(one)["blocks.0.attn.q.weight"]
     for k in a:
