@@ -1,8 +1,8 @@
 """python -m bench.prepare: tokens/s of data.prepare on the offline corpus vs a bare tiktoken loop.
 
 Both turn the same text, the standard-library corpus (data.corpora.stdlib_files), into GPT-2 tokens from
-the offline ranks file ($GPT2_TIKTOKEN_FILE, else ../shared/data/gpt2.tiktoken), with the same budget of
-N workers (--workers, default: the usable cores):
+the shipped ranks file (data/gpt2.tiktoken, or $GPT2_TIKTOKEN_FILE), with the same budget of N workers
+(--workers, default: the usable cores):
 - prepare: data.prepare.prepare("stdlib", num_proc=N) into a temporary directory with a fresh, temporary
   datasets cache each time, i.e. a first preparation: datasets' generator builder reading the files, the
   tokenizing map (N threads: the corpus is below data.prepare.MIN_DOCS_PER_PROC per process), the
@@ -25,7 +25,6 @@ import os
 import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 from unittest import mock
 
 import datasets
@@ -36,8 +35,6 @@ from data.corpora import stdlib_files
 from data.format import read_meta
 from data.tokenizers import get_tokenizer
 
-SHARED_RANKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2.tiktoken"  # the offline copy
-RANKS_FILE = os.environ.get("GPT2_TIKTOKEN_FILE") or (SHARED_RANKS if SHARED_RANKS.exists() else None)
 STAGES = ((data.prepare, "load_documents"), (data.prepare, "tokenize"), (data.prepare, "write_bin"))
 
 
@@ -46,15 +43,14 @@ def prepare_once(tokenizer: str, workers: int) -> dict:
     quiet = io.StringIO()  # progress bars and the closing message
     with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, {"HF_DATASETS_CACHE": f"{tmp}/hf"}), \
             contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-        out = data.prepare.prepare("stdlib", out=f"{tmp}/out", tokenizer=tokenizer, ranks_file=RANKS_FILE,
-                                   num_proc=workers)
+        out = data.prepare.prepare("stdlib", out=f"{tmp}/out", tokenizer=tokenizer, num_proc=workers)
         return read_meta(out)
 
 
 def bare_loop(workers: int) -> int:
     """Tokens of the corpus's text, by reading its files and one tiktoken batch call."""
     texts = [path.read_text(encoding="utf-8") for path in stdlib_files()]
-    ids = get_tokenizer("gpt2", RANKS_FILE).enc.encode_ordinary_batch(texts, num_threads=workers)
+    ids = get_tokenizer("gpt2").enc.encode_ordinary_batch(texts, num_threads=workers)
     return sum(map(len, ids))
 
 
@@ -90,7 +86,7 @@ def arrow_rows_s() -> dict:
     Python int lists by datasets' conversion (a map function returning them), and by data.prepare._encode's
     assembly of the numpy arrays its tokenizer returns (encoding excluded)."""
     texts = [path.read_text(encoding="utf-8") for path in stdlib_files()]
-    tok = get_tokenizer("gpt2", RANKS_FILE)
+    tok = get_tokenizer("gpt2")
     lists = [[*doc, tok.eot] for doc in tok.enc.encode_ordinary_batch(texts)]
     t0 = time.perf_counter()
     datasets.Dataset.from_dict({"ids": lists}, features=data.prepare.FEATURES)
@@ -98,7 +94,7 @@ def arrow_rows_s() -> dict:
     arrays = tok.encode_batch(texts)
     with mock.patch.object(tok, "encode_batch", lambda texts, threads: arrays):
         t2 = time.perf_counter()
-        data.prepare._encode({"text": texts}, "gpt2", RANKS_FILE, 1)
+        data.prepare._encode({"text": texts}, "gpt2", None, 1)
         return {"datasets": t1 - t0, "data.prepare": time.perf_counter() - t2}
 
 
@@ -109,7 +105,7 @@ def main(argv=None):
                     help="prepare's num_proc and tiktoken's num_threads (default: the usable cores)")
     args = ap.parse_args(argv)
     datasets.logging.set_verbosity_error()
-    get_tokenizer("gpt2", RANKS_FILE)  # build the BPE tables once, outside every timing
+    get_tokenizer("gpt2")  # build the BPE tables once, outside every timing
 
     n_text = bare_loop(args.workers)
     n_bytes_text = text_tokens(prepare_once("bytes", args.workers))

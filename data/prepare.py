@@ -9,10 +9,21 @@ finished directory does nothing unless --force.
     python -m data.prepare stdlib --tokenizer bytes      # offline corpus, seconds
     python -m data.prepare openwebtext --num-proc 16     # the paper's data (~9B GPT-2 tokens)
     python -m data.prepare files --input a.txt b.jsonl c.parquet --out data/prepared/mine
+    python -m data.prepare files --input input.txt       # one text file, cut into documents (below)
+
+Documents of NAME=files: each plain-text file (.txt, .py) is one document, each record of a .jsonl/.json or
+.parquet file one (its "text" field). A single plain-text file on its own is cut into documents instead: at
+blank lines, consecutive paragraphs joined into documents of at least 2,000 characters (a text without blank
+lines is cut at line ends the same way); it must give at least 2 (data.corpora.split_text).
+
+Errors in the input (a missing, unreadable or non-UTF-8 file, an unsupported type, a file too small to split)
+name the file and stop before anything in OUT is written or removed; the command line prints them as one line
+on stderr and exits with status 1 (status 2 for a malformed command line).
 """
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import datasets
@@ -163,43 +174,77 @@ def prepare(
     return out
 
 
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0])
+    description, _, epilog = __doc__.partition("\n\n")
+    parser = argparse.ArgumentParser(
+        prog="python -m data.prepare",
+        description=description,
+        epilog=epilog.split("\n\n", 1)[1],  # the examples, the documents of NAME=files, the errors
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("name", choices=CORPORA, help="the corpus")
     parser.add_argument("--out", help="output directory (default: data/prepared/NAME-TOKENIZER)")
     parser.add_argument("--tokenizer", choices=TOKENIZERS, default="gpt2")
     parser.add_argument(
-        "--input", nargs="+", default=[], metavar="PATH", help="files for NAME=files: .txt, .jsonl/.json, .parquet"
+        "--input",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="files for NAME=files: .txt/.py (a document each; a single one is cut into documents, see below), "
+        ".jsonl/.json, .parquet (a document per record)",
     )
     parser.add_argument(
         "--val-fraction", type=float, help="share of documents held out (default: 0.0005 for openwebtext, else 0.01)"
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the train/val split")
     parser.add_argument(
-        "--num-proc", type=int, default=DEFAULT_NUM_PROC, help="tokenizing processes (threads, for a small corpus)"
+        "--num-proc", type=positive_int, default=DEFAULT_NUM_PROC,
+        help="tokenizing processes (threads, for a small corpus)",
     )
     parser.add_argument("--dataset-id", help=f"Hub dataset for openwebtext (default: {OPENWEBTEXT_ID})")
     parser.add_argument("--revision", help=f"Hub revision for openwebtext (default: {OPENWEBTEXT_REVISION})")
     parser.add_argument(
-        "--ranks-file", help="GPT-2 .tiktoken file for offline use (default: $GPT2_TIKTOKEN_FILE, else download)"
+        "--ranks-file",
+        help="GPT-2 .tiktoken ranks file (default: $GPT2_TIKTOKEN_FILE, else the shipped data/gpt2.tiktoken)",
     )
-    parser.add_argument("--max-docs", type=int, help="use only the first N documents (quick trials)")
+    parser.add_argument("--max-docs", type=positive_int, help="use only the first N documents (quick trials)")
     parser.add_argument("--force", action="store_true", help="rebuild even if OUT is already prepared")
     args = parser.parse_args(argv)
-    prepare(
-        args.name,
-        out=args.out,
-        tokenizer=args.tokenizer,
-        inputs=args.input,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        num_proc=args.num_proc,
-        dataset_id=args.dataset_id,
-        revision=args.revision,
-        ranks_file=args.ranks_file,
-        max_docs=args.max_docs,
-        force=args.force,
-    )
+    if args.input and args.name != "files":
+        parser.error(f"--input is for NAME=files, not {args.name}")
+    if args.name == "files" and not args.input:
+        parser.error("NAME=files needs --input PATH ...")
+    for option in ("dataset_id", "revision"):
+        if getattr(args, option) and args.name != "openwebtext":
+            parser.error(f"--{option.replace('_', '-')} is for NAME=openwebtext, not {args.name}")
+    try:
+        prepare(
+            args.name,
+            out=args.out,
+            tokenizer=args.tokenizer,
+            inputs=args.input,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            num_proc=args.num_proc,
+            dataset_id=args.dataset_id,
+            revision=args.revision,
+            ranks_file=args.ranks_file,
+            max_docs=args.max_docs,
+            force=args.force,
+        )
+    except (ValueError, OSError) as e:  # bad input or arguments, a full disk: a message, not a traceback
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

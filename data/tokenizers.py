@@ -1,56 +1,50 @@
 """Tokenizers: GPT-2's BPE (through tiktoken) and raw UTF-8 bytes.
 
+GPT-2's merge ranks ship with the repository (data/gpt2.tiktoken, see data/README.md), so the GPT-2
+tokenizer never touches the network: an explicit ranks file, else $GPT2_TIKTOKEN_FILE, else the shipped file.
+
 Both expose the same small interface (name, vocab_size, eot, encode_batch(texts, threads) -> numpy arrays,
 decode), so data.prepare does not care which one it runs. Text is encoded "ordinarily": a literal "<|endoftext|>" inside
 a document is plain text, and the only EOT tokens in a prepared corpus are the ones data.prepare puts
 between documents.
 """
 
+import base64
 import functools
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import tiktoken
 
 # sha256 of GPT-2's merge ranks in .tiktoken form (tiktoken ships the same hash for r50k_base), so a
-# wrong or damaged offline file fails loudly instead of producing a silently different tokenization.
+# wrong or damaged ranks file fails loudly instead of producing a silently different tokenization.
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+GPT2_RANKS_FILE = Path(__file__).resolve().parent / "gpt2.tiktoken"  # shipped with the repository
 GPT2_EOT = 50256
 
 TOKENIZERS = ("gpt2", "bytes")
 
 
 class GPT2:
-    """GPT-2's tokenizer: 50,257 ids, EOT = <|endoftext|> = 50256.
-
-    `ranks_file` (a .tiktoken file) builds the encoding offline; without one, tiktoken downloads the
-    vocabulary on first use.
-    """
+    """GPT-2's tokenizer: 50,257 ids, EOT = <|endoftext|> = 50256, built from a .tiktoken ranks file
+    (default: the shipped data/gpt2.tiktoken) whose sha256 must be GPT-2's. Nothing is downloaded."""
 
     name = "gpt2"
 
     def __init__(self, ranks_file=None):
-        if ranks_file:
-            from tiktoken.load import load_tiktoken_bpe
-            from tiktoken_ext.openai_public import r50k_pat_str
+        from tiktoken_ext.openai_public import r50k_pat_str
 
-            ranks = load_tiktoken_bpe(str(ranks_file), expected_hash=GPT2_RANKS_SHA256)
-            self.enc = tiktoken.Encoding(
-                name="gpt2",
-                pat_str=r50k_pat_str,
-                mergeable_ranks=ranks,
-                special_tokens={"<|endoftext|>": GPT2_EOT},
-                explicit_n_vocab=GPT2_EOT + 1,
-            )
-        else:
-            try:
-                self.enc = tiktoken.get_encoding("gpt2")
-            except OSError as e:  # requests' network errors are OSErrors
-                raise RuntimeError(
-                    "could not download GPT-2's vocabulary; offline, point $GPT2_TIKTOKEN_FILE (or --ranks-file) "
-                    "at a gpt2.tiktoken file"
-                ) from e
+        self.ranks_file = Path(ranks_file).expanduser() if ranks_file else GPT2_RANKS_FILE
+        self.enc = tiktoken.Encoding(
+            name="gpt2",
+            pat_str=r50k_pat_str,
+            mergeable_ranks=load_ranks(self.ranks_file),
+            special_tokens={"<|endoftext|>": GPT2_EOT},
+            explicit_n_vocab=GPT2_EOT + 1,
+        )
         self.vocab_size = self.enc.n_vocab
         self.eot = self.enc.eot_token
 
@@ -70,6 +64,24 @@ class GPT2:
 
     def decode(self, ids):
         return self.enc.decode(list(ids))
+
+
+def load_ranks(path):
+    """GPT-2's merge ranks from a local .tiktoken file (base64 token, space, rank per line), checked against
+    GPT2_RANKS_SHA256. Read here rather than by tiktoken.load.load_tiktoken_bpe, which would also fetch a URL
+    and copy the file into its cache."""
+    try:
+        contents = Path(path).read_bytes()
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read GPT-2's ranks file {path}: {e.strerror or e}") from None
+    digest = hashlib.sha256(contents).hexdigest()
+    if digest != GPT2_RANKS_SHA256:
+        raise ValueError(
+            f"{path} is not GPT-2's ranks file: its sha256 hash is {digest}, expected {GPT2_RANKS_SHA256} "
+            "(a damaged copy? data/README.md says where the file comes from)"
+        )
+    lines = (line.split() for line in contents.splitlines() if line)
+    return {base64.b64decode(token): int(rank) for token, rank in lines}
 
 
 class Bytes:
@@ -93,10 +105,11 @@ class Bytes:
 
 
 def get_tokenizer(name, ranks_file=None):
-    """The tokenizer called `name`; for gpt2, `ranks_file` or $GPT2_TIKTOKEN_FILE selects an offline file."""
+    """The tokenizer called `name`; for gpt2, the ranks file is `ranks_file`, else $GPT2_TIKTOKEN_FILE, else
+    the shipped data/gpt2.tiktoken."""
     if name == "gpt2":
-        ranks_file = ranks_file or os.environ.get("GPT2_TIKTOKEN_FILE")
-        return _gpt2(str(ranks_file) if ranks_file else None)
+        ranks_file = ranks_file or os.environ.get("GPT2_TIKTOKEN_FILE") or GPT2_RANKS_FILE
+        return _gpt2(str(ranks_file))
     if name == "bytes":
         return Bytes()
     raise ValueError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZERS)}")

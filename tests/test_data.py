@@ -1,12 +1,14 @@
 """data/: tokenizers, prepare (local files, stdlib corpus, CLI), the prepared-directory format, the loader.
 
 Offline and fast: corpora are a few dozen documents written here, datasets' caches live in tmp_path,
-and GPT-2 comes from the repository's offline ranks file.
+and GPT-2 comes from the ranks file the repository ships (data/gpt2.tiktoken).
 """
 
 import functools
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -18,18 +20,19 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import data.corpora
 import data.format
 import data.prepare
-from data.corpora import stdlib_files, stdlib_root
+import data.tokenizers
+from data.corpora import MIN_DOC_CHARS, InputError, split_text, stdlib_files, stdlib_root
 from data.format import default_dir, is_prepared, prepare_command, read_meta
 from data.loader import TokenBatches, ensure_offline_corpus, open_dataset, resolve_data_dir
 from data.prepare import prepare, split_documents
-from data.tokenizers import get_tokenizer
+from data.tokenizers import GPT2_RANKS_FILE, GPT2_RANKS_SHA256, get_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-GPT2_FILE = Path(__file__).resolve().parents[2] / "shared/data/gpt2.tiktoken"
-needs_gpt2 = pytest.mark.skipif(not GPT2_FILE.is_file(), reason=f"offline GPT-2 ranks file not found at {GPT2_FILE}")
-TOKENIZERS = ["bytes", pytest.param("gpt2", marks=needs_gpt2)]
+GPT2_FILE = ROOT / "data" / "gpt2.tiktoken"  # shipped with the repository
+TOKENIZERS = ["bytes", "gpt2"]
 
 # Documents with non-ASCII text, code, and a literal "<|endoftext|>" that must stay text.
 DOCS = [
@@ -121,7 +124,6 @@ def check_prepared(out, docs, tok, val_fraction):
 # --- tokenizers ---------------------------------------------------------------------------------------
 
 
-@needs_gpt2
 def test_gpt2_offline_file_gives_gpt2_ids(monkeypatch):
     tok = get_tokenizer("gpt2", GPT2_FILE)
     assert (tok.name, tok.vocab_size, tok.eot) == ("gpt2", 50257, 50256)
@@ -139,6 +141,43 @@ def test_gpt2_rejects_a_wrong_ranks_file(tmp_path):
     bad.write_text("SGVsbG8= 0\n")
     with pytest.raises(ValueError, match="[Hh]ash"):
         get_tokenizer("gpt2", bad)
+    with pytest.raises(FileNotFoundError, match="nope.tiktoken"):
+        get_tokenizer("gpt2", tmp_path / "nope.tiktoken")
+
+
+def test_the_shipped_ranks_file():
+    """data/gpt2.tiktoken is GPT-2's ranks file, documented in data/README.md, and git does not ignore it."""
+    assert GPT2_RANKS_FILE == GPT2_FILE
+    assert hashlib.sha256(GPT2_FILE.read_bytes()).hexdigest() == GPT2_RANKS_SHA256
+    readme = (ROOT / "data" / "README.md").read_text()
+    assert "gpt2.tiktoken" in readme and "openai-whisper" in readme and "MIT" in readme and GPT2_RANKS_SHA256 in readme
+    if shutil.which("git") and (ROOT / ".git").exists():
+        for path in ("data/gpt2.tiktoken", "data/README.md"):
+            ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT, check=False)
+            assert ignored.returncode == 1, f"{path} is git-ignored"
+
+
+def test_gpt2_defaults_to_the_shipped_file_and_never_downloads(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the GPT-2 tokenizer must not download anything")
+
+    monkeypatch.setattr(data.tokenizers.tiktoken, "get_encoding", no_network)
+    monkeypatch.setattr("tiktoken.load.read_file", no_network)
+    monkeypatch.setattr("tiktoken.load.read_file_cached", no_network)
+    data.tokenizers._gpt2.cache_clear()
+    try:
+        tok = get_tokenizer("gpt2")
+        assert tok.ranks_file == GPT2_FILE
+        assert tok.encode_batch(["Hello world"])[0].tolist() == [15496, 995]
+        # $GPT2_TIKTOKEN_FILE is honoured (a wrong file fails), and an explicit ranks file overrides it.
+        bad = tmp_path / "bad.tiktoken"
+        bad.write_text("SGVsbG8= 0\n")
+        monkeypatch.setenv("GPT2_TIKTOKEN_FILE", str(bad))
+        with pytest.raises(ValueError, match="bad.tiktoken is not GPT-2's ranks file"):
+            get_tokenizer("gpt2")
+        assert get_tokenizer("gpt2", GPT2_FILE).ranks_file == GPT2_FILE
+    finally:
+        data.tokenizers._gpt2.cache_clear()
 
 
 def test_bytes_tokenizer_round_trips():
@@ -408,6 +447,157 @@ def test_cli(tmp_path, tok_name):
     assert read_meta(out)["split_seed"] == 11
     again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 0 and "already prepared" in again.stdout
+
+
+def run_prepare(*args, timeout=300):
+    """`python -m data.prepare ARGS` in a subprocess, as a user runs it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "data.prepare", *map(str, args)]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def snapshot(directory):
+    """Every file under `directory`: name -> (mtime, bytes)."""
+    return {
+        str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def assert_clean_error(result, *names):
+    """A failed command: nonzero status, a message naming `names` on stderr, and no Python traceback."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    error = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error) == 1, result.stderr
+    for name in names:
+        assert str(name) in error[0], result.stderr
+
+
+def paragraphs_text(n, seed=0):
+    """n paragraphs of 1-6 lines of words, separated by blank lines (some with spaces on them)."""
+    rng = np.random.default_rng(seed)
+    words = ["to", "be", "or", "not", "that", "is", "the", "question", "naïve", "数据"]
+    paragraphs = [
+        "\n".join(" ".join(rng.choice(words, 8)) for _ in range(rng.integers(1, 7))) for _ in range(n)
+    ]
+    return "".join(p + ("\n\n" if i % 3 else "\n  \n\n") for i, p in enumerate(paragraphs))
+
+
+# --- a single plain-text file --------------------------------------------------------------------------
+
+
+def test_split_text_joins_paragraphs_into_documents():
+    text = "\n\n  \nPara one\nline two\n\n\n   \nPara two\n  indented\n\nthree\n\n"
+    assert split_text(text, 1) == ["Para one\nline two\n", "Para two\n  indented\n", "three\n"]
+    # paragraphs are joined, blank lines inside a document kept, until a document has min_chars; a shorter
+    # remainder joins the last document
+    assert split_text(text, 15) == ["Para one\nline two\n", "Para two\n  indented\n\nthree\n"]
+    assert split_text(text, 10_000) == [text.strip("\n ") + "\n"]
+    # no blank lines: whole lines, joined the same way
+    assert split_text("l1\nl2\nl3\nl4\nl5", 5) == ["l1\nl2\n", "l3\nl4\nl5"]
+    assert split_text("", 5) == [] and split_text("one line", 5) == ["one line"]
+    text = paragraphs_text(200)
+    docs = split_text(text)
+    assert len(docs) > 5 and all(len(doc) >= MIN_DOC_CHARS for doc in docs)
+    assert "".join(docs).replace("\n", "").replace(" ", "") == text.replace("\n", "").replace(" ", "")
+
+
+def test_a_single_text_file_is_split_into_documents(tmp_path):
+    text = paragraphs_text(300)
+    path = tmp_path / "input.txt"
+    path.write_text(text, encoding="utf-8")
+    out = prepare("files", out=tmp_path / "out", tokenizer="bytes", inputs=[path], val_fraction=0.1, num_proc=1)
+    docs = split_text(text)
+    assert len(docs) >= 10
+    check_prepared(out, docs, tokenizer("bytes"), val_fraction=0.1)
+    meta = read_meta(out)
+    assert meta["train_tokens"] > 0 and meta["val_tokens"] > 0
+    assert meta["source"] == {"name": "files", "files": [str(path)], "text_split": {"min_chars": MIN_DOC_CHARS}}
+    # with a second file, each file is one document again
+    other = tmp_path / "other.txt"
+    other.write_text("another file", encoding="utf-8")
+    both = prepare("files", out=tmp_path / "both", tokenizer="bytes", inputs=[path, other], num_proc=1)
+    check_prepared(both, [text, "another file"], tokenizer("bytes"), val_fraction=0.01)
+
+
+def test_cli_splits_a_single_text_file(tmp_path):
+    path = tmp_path / "input.txt"
+    path.write_text(paragraphs_text(300), encoding="utf-8")
+    result = run_prepare("files", "--input", path, "--out", tmp_path / "out", "--tokenizer", "gpt2")
+    assert result.returncode == 0, result.stderr
+    meta = read_meta(tmp_path / "out")
+    assert meta["train_docs"] > 1 and meta["val_docs"] >= 1 and meta["val_tokens"] > 0
+
+
+def test_a_text_file_too_small_to_split_is_a_clear_error(tmp_path):
+    path = tmp_path / "small.txt"
+    path.write_text("One paragraph.\n\nAnd another, far below 2,000 characters.\n", encoding="utf-8")
+    with pytest.raises(InputError, match="small.txt: too small to split"):
+        prepare("files", out=tmp_path / "out", tokenizer="bytes", inputs=[path], num_proc=1)
+    result = run_prepare("files", "--input", path, "--out", tmp_path / "out", "--tokenizer", "bytes")
+    assert_clean_error(result, path, "too small to split")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["single txt", "txt among others", "jsonl"])
+def test_an_undecodable_file_is_named_and_nothing_is_written(tmp_path, case):
+    """Invalid UTF-8 stops data.prepare with one line naming the file, before OUT is touched: a finished
+    preparation there, and an unrelated file, stay as they were even with --force."""
+    good = write_corpus(tmp_path / "corpus", "txt", DOCS[:4])
+    if case == "jsonl":
+        bad = tmp_path / "bad.jsonl"
+        bad.write_bytes(b'{"text": "fine"}\n{"text": "x\xff\xfe\xfa"}\n')
+    else:
+        bad = tmp_path / "bad.txt"
+        bad.write_bytes(b"text, then \xff\xfe\xfa")
+    inputs = [bad] if case == "single txt" else [*good[:2], bad, *good[2:]]
+    out = tmp_path / "out"
+    prepare("files", out=out, tokenizer="bytes", inputs=good, num_proc=1)
+    (out / "notes.txt").write_text("not ours")
+    before = snapshot(out)
+    result = run_prepare("files", "--input", *inputs, "--out", out, "--tokenizer", "bytes", "--force")
+    assert_clean_error(result, bad)
+    assert "UTF-8" in result.stderr
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["nope"], "invalid choice: 'nope'"),
+        (["stdlib", "--input", "a.txt"], "--input is for NAME=files"),
+        (["files"], "needs --input"),
+        (["stdlib", "--dataset-id", "x"], "--dataset-id is for NAME=openwebtext"),
+        (["stdlib", "--max-docs", "0"], "positive integer"),
+        (["files", "--input", "a.txt", "--num-proc", "-2"], "positive integer"),
+        (["files", "--input", "a.txt", "--tokenizer", "sentencepiece"], "invalid choice: 'sentencepiece'"),
+        (["files", "--input", "{tmp}/nope.txt"], "no such input file: {tmp}/nope.txt"),
+        (["files", "--input", "{tmp}/data.csv"], "{tmp}/data.csv: unsupported file type"),
+        (["files", "--input", "{tmp}/data.txt", "--val-fraction", "1.5"], "val fraction must be in (0, 1)"),
+        (["files", "--input", "{tmp}/data.txt", "--ranks-file", "{tmp}/no.tiktoken"], "{tmp}/no.tiktoken"),
+        (["stdlib", "--max-docs", "1", "--out", "{tmp}/out"], "need at least 2 documents"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, message):
+    (tmp_path / "data.csv").write_text("text\nhello\n")
+    (tmp_path / "data.txt").write_text(paragraphs_text(300))
+    with pytest.raises(SystemExit) as exit_:
+        data.prepare.main([arg.format(tmp=tmp_path) for arg in argv])
+    assert exit_.value.code in (1, 2)
+    error = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(error) == 1 and message.format(tmp=tmp_path) in error[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_states_the_documents_policy(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        data.prepare.main(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"documents of at least {MIN_DOC_CHARS:,} characters" in text and "blank lines" in text
+    assert f"MIN_DOC_CHARS ({MIN_DOC_CHARS:,})" in data.corpora.__doc__
 
 
 # --- loader ------------------------------------------------------------------------------------------
