@@ -1,8 +1,10 @@
 """The run configuration: one typed tree, read from YAML, overridden from the command line.
 
-A YAML file may name a parent (`base: other.yaml`, relative to the file) whose values it overrides;
-`a.b=value` arguments come last. Every value is checked against its field's type and every cross-field
-constraint is checked here, so a bad config fails with a message naming the key before any model exists.
+Every key is declared once, below, with its type (a Literal for a choice), default, constraint and a one-line
+doc; validation, the choices and `python train.py --help` all derive from that declaration. A YAML file may
+name a parent (`base: other.yaml`, relative to the file) whose values it overrides; `a.b=value` arguments come
+last. Every value is checked against its key's type and constraint, and every cross-key constraint is checked
+here, so a bad config fails with a message naming the key before any model exists.
 """
 
 import dataclasses
@@ -11,91 +13,149 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
 
-PARAMETERIZATIONS = ("sp", "mup", "mup_k1", "mup_width")
-OPTIMIZERS = ("muon_kimi", "muon", "adamw", "sgd")
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A constraint on a number: `value > low` (or >= with `inclusive`), `value < high` if given."""
+    low: float
+    inclusive: bool = False
+    high: float | None = None
+
+    def holds(self, v) -> bool:
+        above = v >= self.low if self.inclusive else v > self.low
+        return above and (self.high is None or v < self.high)
+
+    def __str__(self) -> str:
+        text = f"{'>=' if self.inclusive else '>'} {self.low:g}"
+        return text + (f" and < {self.high:g}" if self.high is not None else "")
+
+
+POSITIVE, NON_NEGATIVE = Bound(0), Bound(0, inclusive=True)
+
+
+def key(default, doc: str, bound: Bound | None = None):
+    """Declare a config key: its default, what it means, and the bound its value (or each item) must satisfy."""
+    meta = {"doc": doc, "bound": bound}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+Parameterization = Literal["sp", "mup", "mup_k1", "mup_width"]
+OptimizerName = Literal["muon_kimi", "muon", "shampoo", "soap", "sso", "adamw", "lion", "sophia", "sgd"]
 
 
 @dataclass
 class ModelConfig:
-    n_layer: int = 4
-    n_embd: int = 256
-    head_dim: int = 64  # fixed, so width adds heads
-    block_size: int = 1024
-    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64
-    dropout: float = 0.0
-    bias: bool = True
-    norm: str = "layernorm"  # layernorm | none
-    tie_embeddings: bool = True
-    attn_scale: str = "sqrt"  # sqrt: 1/sqrt(head_dim); linear: 1/head_dim
+    n_layer: int = key(4, "depth L: number of transformer blocks", POSITIVE)
+    n_embd: int = key(256, "width n: residual stream dimension", POSITIVE)
+    head_dim: int = key(64, "per-head dimension, fixed so that width adds heads", POSITIVE)
+    block_size: int = key(1024, "sequence length (context window)", POSITIVE)
+    vocab_size: int = key(50304, "embedding rows; GPT-2's 50257 padded to a multiple of 64", POSITIVE)
+    dropout: float = key(0.0, "dropout probability (residual branches, embedding, attention)", Bound(0, True, 1))
+    bias: bool = key(True, "biases in linear layers and LayerNorms")
+    norm: Literal["layernorm", "none"] = key("layernorm", "pre-norm of every block and final norm; none: the paper's no-LN runs")
+    tie_embeddings: bool = key(True, "the LM head shares the token embedding matrix")
+    attn_scale: Literal["sqrt", "linear"] = key("sqrt", "attention logit scale: sqrt = 1/sqrt(head_dim), linear = 1/head_dim")
+    activation_checkpointing: bool = key(
+        False, "recompute each block's activations in backward: ~1/3 more compute, block activations not kept")
 
 
 @dataclass
 class ScalingConfig:
-    parameterization: str = "mup"  # sp | mup (k>=2, 1/L) | mup_k1 (1/sqrt(L)) | mup_width
-    base_width: int = 256
-    base_depth: int = 4
-    init_std: float = 0.02  # sigma_base of every matrix
-    alpha_in: float = 1.0  # base block multipliers
-    alpha_attn: float = 1.0
-    alpha_mlp: float = 1.0
-    alpha_out: float = 1.0
+    parameterization: Parameterization = key(
+        "mup", "sp | mup (blocks of k >= 2 layers, 1/L) | mup_k1 (one-layer blocks, 1/sqrt(L)) | mup_width (width only)")
+    base_width: int = key(256, "n_base: the width the base hyperparameters were tuned at", POSITIVE)
+    base_depth: int = key(4, "L_base: the depth the base hyperparameters were tuned at", POSITIVE)
+    init_std: float = key(0.02, "sigma_base: init std of every matrix at the base shape", POSITIVE)
+    alpha_in: float = key(1.0, "base multiplier of the embedding", POSITIVE)
+    alpha_attn: float = key(1.0, "base multiplier of every attention branch", POSITIVE)
+    alpha_mlp: float = key(1.0, "base multiplier of every MLP branch", POSITIVE)
+    alpha_out: float = key(1.0, "base multiplier of the logits", POSITIVE)
+    depth_exponent: float | None = key(
+        None, "alpha_d in [0.5, 1], the spec's general depth exponent (CompleteP-style sweeps); null: 1 for mup,"
+              " 0.5 for mup_k1; sp and mup_width do not scale with depth and ignore it", Bound(0.5, inclusive=True))
+
+
+# The AdamW half's lr relative to eta_base when optim.adamw_lr_ratio is unset: the paper's Muon-AdamW runs
+# it at eta / 10, its Muon-Kimi at eta (Kimi's lr matching makes one eta fit both halves).
+ADAMW_LR_RATIO = {"muon": 0.1}
 
 
 @dataclass
 class OptimConfig:
-    name: str = "muon_kimi"  # hidden matrices' optimizer: muon_kimi | muon (+ AdamW for the rest) | adamw | sgd
-    lr: float = 2**-7  # eta_base, shared by both halves of the hybrid
-    weight_decay: float = 0.0  # lambda_base
-    eps: float = 1e-16  # AdamW epsilon_base
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    momentum: float = 0.95  # Muon and SGD
-    nesterov: bool = True
-    adamw_lr_ratio: float = 1.0  # AdamW half's lr relative to eta_base (the paper's Muon-AdamW uses 0.1)
-    ns_steps: int = 5
-    ns_dtype: str = "auto"  # Newton-Schulz precision: auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16
-    grad_clip: float = 1.0  # 0 disables
-    schedule: str = "cosine"  # cosine | constant
-    warmup_iters: int = 120
-    min_lr: float | None = 3e-5  # floor of the cosine, in units of eta_base ...
-    min_lr_ratio: float | None = None  # ... or as a fraction of it (set exactly one)
+    name: OptimizerName = key(
+        "muon_kimi", "muon_kimi | muon | shampoo | soap | sso: hidden matrices (AdamW for the rest) |"
+                     " adamw | lion | sophia | sgd: every tensor")
+    lr: float = key(2**-7, "eta_base: the learning rate at the base shape, shared by both halves", POSITIVE)
+    weight_decay: float = key(0.0, "lambda_base: decoupled weight decay at the base shape", NON_NEGATIVE)
+    eps: float = key(1e-16, "epsilon_base at the base shape of AdamW, Sophia, SOAP and Shampoo (each scaled by its"
+                            " own row)", NON_NEGATIVE)
+    betas: list[float] = key([0.9, 0.95], "(beta1, beta2) of AdamW, and of Lion, Sophia or SOAP when chosen"
+                                          " (Lion's paper: 0.9, 0.99; Sophia's: 0.965, 0.99)", Bound(0, True, 1))
+    momentum: float = key(0.95, "momentum of Muon, SSO and SGD", NON_NEGATIVE)
+    nesterov: bool = key(True, "Nesterov momentum for Muon, SSO and SGD")
+    adamw_lr_ratio: float | None = key(
+        None, "the AdamW half's lr / eta_base; null: the paper's choice (0.1 for muon, 1 otherwise)", POSITIVE)
+    ns_steps: int = key(5, "Newton-Schulz iterations of Muon and SSO", POSITIVE)
+    ns_dtype: Literal["auto", "float32", "bfloat16"] = key(
+        "auto", "Newton-Schulz precision; auto: bf16 on CUDA, fp32 on CPU (SSO: fp32 everywhere, as its paper)")
+    precondition_interval: int = key(
+        10, "shampoo: steps between inverse-root recomputations; soap: between eigenbasis refreshes", POSITIVE)
+    hessian_interval: int = key(10, "sophia: steps between Gauss-Newton-Bartlett Hessian estimates (k)", POSITIVE)
+    sophia_rho: float = key(0.04, "sophia: scale rho of the Hessian in the denominator max(rho h, eps)", POSITIVE)
+    sophia_clip: float = key(1.0, "sophia: each coordinate of the update is clipped to [-clip, clip]", POSITIVE)
+    sso_radius: float = key(1.0, "sso: radius c of the spectral sphere ||W||_2 = c sqrt(out/in) of each hidden"
+                                 " matrix (also the update's scale)", POSITIVE)
+    grad_clip: float = key(1.0, "clip the global gradient norm to this; 0 disables", NON_NEGATIVE)
+    schedule: Literal["cosine", "constant"] = key("cosine", "after warm-up: cosine decay to the floor, or constant")
+    warmup_iters: int = key(120, "linear warm-up steps", NON_NEGATIVE)
+    min_lr: float = key(3e-5, "the cosine's floor at eta_base; every tensor decays to the fraction min_lr / lr"
+                              " of its own lr", NON_NEGATIVE)
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "openwebtext"  # a NAME (openwebtext, stdlib) or a prepared directory
-    tokenizer: str = "gpt2"  # gpt2 | bytes
+    dataset: str = key("openwebtext", "a corpus NAME (openwebtext, stdlib) or a prepared directory")
+    tokenizer: Literal["gpt2", "bytes"] = key("gpt2", "gpt2 (tiktoken) or bytes (vocabulary 256)")
 
 
 @dataclass
 class TrainConfig:
-    max_iters: int = 1221
-    batch_size: int = 240  # global, in sequences per optimizer step
-    micro_batch_size: int = 24  # per rank per forward; accumulation makes up the rest
-    eval_interval: int = 200
-    eval_iters: int = 20
-    log_interval: int = 10
-    ckpt_interval: int = 200
-    out_dir: str = "out/run"
-    seed: int = 1
-    resume: str = "none"  # none | auto (latest checkpoint in out_dir, if any)
-    stop_after: int | None = None  # checkpoint and stop after this step (time-limited jobs); resume later
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | bfloat16
-    compile: bool = False
+    max_iters: int = key(1221, "optimizer steps", POSITIVE)
+    batch_size: int = key(240, "global batch in sequences per optimizer step", POSITIVE)
+    micro_batch_size: int = key(24, "sequences per rank per forward; accumulation makes up the rest", POSITIVE)
+    eval_interval: int = key(200, "validation every this many steps (and always at the end)", POSITIVE)
+    eval_windows: int = key(480, "size of the validation set, in windows of block_size tokens", POSITIVE)
+    eval_seed: int = key(0, "seed of the validation set's windows: fixed apart from train.seed, ranks and micro-batch")
+    log_interval: int = key(10, "log the train loss every this many steps", POSITIVE)
+    ckpt_interval: int = key(200, "checkpoint every this many steps (and at the end)", POSITIVE)
+    out_dir: str = key("out/run", "directory of config.yaml, metrics.jsonl, ckpt.pt and run.json")
+    seed: int = key(1, "seed of init, batches and dropout")
+    resume: Literal["none", "auto"] = key("none", "auto: continue from out_dir's checkpoint if there is one")
+    stop_after: int | None = key(None, "checkpoint and stop after this step (time-limited jobs)", POSITIVE)
+    device: Literal["auto", "cpu", "cuda"] = key("auto", "auto: cuda if visible, else cpu")
+    dtype: Literal["auto", "float32", "bfloat16"] = key("auto", "autocast dtype; auto: bf16 on CUDA, fp32 on CPU")
+    compile: bool = key(False, "torch.compile the model")
 
 
 @dataclass
 class LogConfig:
-    wandb: bool = False
-    wandb_project: str = "widthdepth-mup"
-    wandb_mode: str = "offline"  # offline | online
-    spectral_interval: int = 0  # spectral diagnostics every k steps; 0 = off
+    wandb: bool = key(False, "log to Weights & Biases")
+    wandb_project: str = key("widthdepth-mup", "wandb project")
+    wandb_mode: Literal["offline", "online"] = key("offline", "online needs credentials (wandb login)")
+    spectral_interval: int = key(0, "spectral diagnostics every this many steps; 0 = off", NON_NEGATIVE)
 
 
 @dataclass
@@ -108,51 +168,66 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
 
-class ConfigError(ValueError):
-    pass
+def declarations(cls=Config, prefix: str = "") -> dict[str, dataclasses.Field]:
+    """{"model.n_layer": its Field, ...}: every key of the tree, in declaration order."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.type):
+            out.update(declarations(f.type, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = f
+    return out
 
 
-CHOICES = {
-    "model.norm": ("layernorm", "none"),
-    "model.attn_scale": ("sqrt", "linear"),
-    "scaling.parameterization": PARAMETERIZATIONS,
-    "optim.name": OPTIMIZERS,
-    "optim.ns_dtype": ("auto", "float32", "bfloat16"),
-    "optim.schedule": ("cosine", "constant"),
-    "data.tokenizer": ("gpt2", "bytes"),
-    "train.resume": ("none", "auto"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "train.dtype": ("auto", "float32", "bfloat16"),
-    "log.wandb_mode": ("offline", "online"),
-}
-POSITIVE = (
-    "model.n_layer", "model.n_embd", "model.head_dim", "model.block_size", "model.vocab_size",
-    "scaling.base_width", "scaling.base_depth", "scaling.init_std", "scaling.alpha_in",
-    "scaling.alpha_attn", "scaling.alpha_mlp", "scaling.alpha_out", "optim.lr", "optim.adamw_lr_ratio",
-    "optim.ns_steps", "train.max_iters", "train.batch_size", "train.micro_batch_size",
-    "train.eval_interval", "train.eval_iters", "train.log_interval", "train.ckpt_interval",
-)
-NON_NEGATIVE = ("model.dropout", "optim.weight_decay", "optim.eps", "optim.momentum", "optim.grad_clip",
-                "optim.warmup_iters", "log.spectral_interval")
+KEYS = declarations()
 
 
-def _fields(obj) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(obj)}
+def _literal(tp):
+    """The Literal inside `tp` (possibly `Literal[...] | None`), or None."""
+    for t in (tp, *typing.get_args(tp)):
+        if typing.get_origin(t) is Literal:
+            return t
+    return None
 
 
-def check_type(key: str, value, tp):
+def choices(key_name: str) -> tuple:
+    """The valid values of a choice key, e.g. choices("optim.name")."""
+    return typing.get_args(_literal(KEYS[key_name].type))
+
+
+PARAMETERIZATIONS, OPTIMIZERS = choices("scaling.parameterization"), choices("optim.name")
+
+
+def type_name(tp) -> str:
+    if _literal(tp) is not None:
+        return "choice"
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return " | ".join(type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"list[{type_name(typing.get_args(tp)[0])}]"
+    return "null" if tp is type(None) else tp.__name__
+
+
+def check_type(key_name: str, value, tp):
     """Return `value` as type `tp` (int is accepted for float), or raise naming the key."""
+    literal = _literal(tp)
+    if literal is not None:
+        options = typing.get_args(literal)
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        if value not in options:
+            raise ConfigError(f"{key_name}: {value!r} is not one of {', '.join(map(str, options))}")
+        return value
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
         tp = next(a for a in args if a is not type(None))
-    origin = typing.get_origin(tp)
-    if origin is list:
+    if typing.get_origin(tp) is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+            raise ConfigError(f"{key_name}: expected a list, got {value!r}")
+        return [check_type(f"{key_name}[{i}]", v, item) for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
@@ -163,57 +238,71 @@ def check_type(key: str, value, tp):
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+        raise ConfigError(f"{key_name}: expected {tp.__name__}, got {value!r}")
     return value
 
 
-def _set(cfg: Config, key: str, value) -> None:
-    parts = key.split(".")
-    node = cfg
-    for i, part in enumerate(parts):
-        names = _fields(node)
-        if part not in names:
-            path = ".".join(parts[:i])
-            valid = [f"{path}.{n}" if path else n for n in names]
-            close = difflib.get_close_matches(key if i else part, valid, n=1, cutoff=0.5)
-            hint = f" (did you mean {close[0]}?)" if close else f"; valid: {', '.join(valid)}"
-            raise ConfigError(f"unknown config key {key!r}{hint}")
-        if i == len(parts) - 1:
-            if dataclasses.is_dataclass(getattr(node, part)):
-                example = next(iter(_fields(getattr(node, part))))
-                raise ConfigError(f"{key}: is a section; set its keys, e.g. {key}.{example}")
-            setattr(node, part, check_type(key, value, names[part].type))
-        else:
-            node = getattr(node, part)
-            if not dataclasses.is_dataclass(node):
-                raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[: i + 1])} is not a section")
+def _unknown(key_name: str) -> ConfigError:
+    section = key_name.rsplit(".", 1)[0] if "." in key_name else ""
+    if section and f"{section}." not in {k[: len(section) + 1] for k in KEYS}:
+        sections = sorted({k.split(".")[0] for k in KEYS})
+        return ConfigError(f"unknown config key {key_name!r}: no section {section!r} (sections: {', '.join(sections)})")
+    if any(k.startswith(key_name + ".") for k in KEYS):
+        example = next(k for k in KEYS if k.startswith(key_name + "."))
+        return ConfigError(f"{key_name}: is a section; set its keys, e.g. {example}")
+    close = difflib.get_close_matches(key_name, list(KEYS), n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]}?)" if close else "; python train.py --help lists every key"
+    return ConfigError(f"unknown config key {key_name!r}{hint}")
+
+
+def _set(cfg: "Config", key_name: str, value) -> None:
+    if key_name not in KEYS:
+        raise _unknown(key_name)
+    f = KEYS[key_name]
+    value = check_type(key_name, value, f.type)
+    bound = f.metadata["bound"]
+    for v in (value if isinstance(value, list) else [value]):
+        if bound is not None and v is not None and not bound.holds(v):
+            raise ConfigError(f"{key_name}: must be {bound}, got {value!r}")
+    section, name = key_name.rsplit(".", 1)
+    setattr(get(cfg, section), name, value)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
     """{"a": {"b": 1}} -> {"a.b": 1}: the key form of overrides, sweeps and checkpoints."""
     out = {}
     for k, v in d.items():
-        key = f"{prefix}{k}"
+        name = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
+            out.update(flatten(v, name + "."))
         else:
-            out[key] = v
+            out[name] = v
     return out
+
+
+def _safe_load(text: str, where: str, lines: bool = True):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None and lines else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}{line}: YAML syntax error: {problem}") from None
 
 
 def read_yaml(path: Path, seen: tuple = ()) -> dict:
     """Flat {key: value} of a YAML file with its `base:` chain applied (parent first)."""
-    path = path.resolve()
+    path = Path(path).resolve()
     if path in seen:
         raise ConfigError(f"{path}: `base:` chain loops")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _safe_load(path.read_text(), str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     flat = {}
     if "base" in raw:
-        flat.update(read_yaml(path.parent / raw.pop("base"), seen + (path,)))
+        flat.update(read_yaml(path.parent / str(raw.pop("base")), seen + (path,)))
     flat.update(flatten(raw))
     return flat
 
@@ -224,73 +313,100 @@ def parse_overrides(args: list[str]) -> dict:
     for arg in args:
         if "=" not in arg:
             raise ConfigError(f"override {arg!r} is not of the form key=value")
-        key, text = arg.split("=", 1)
-        out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        name, text = arg.split("=", 1)
+        name = name.strip()
+        out[name] = _safe_load(text, f"override {name}={text}", lines=False) if text.strip() else ""
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+def split_command_line(args: list[str]) -> tuple[str | None, list[str]]:
+    """`[CONFIG.yaml] [key=value ...]` -> (CONFIG or None, overrides): the command line of every run tool."""
+    if args and "=" not in args[0]:
+        return args[0], list(args[1:])
+    return None, list(args)
+
+
+# Files of other tools, told apart by their top-level keys, so that passing one to a run says what it is.
+OTHER_FILES = {
+    "grid": "a sweep file: run it with python scripts/sweep.py {path} --out DIR",
+    "coord": "a coordinate-check config: run it with python scripts/coord_check.py {path} --out DIR",
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> "Config":
     """Config from a YAML file (None: the embedded default) plus `key=value` overrides, validated."""
     values = read_yaml(Path(path) if path else DEFAULT_CONFIG)
-    if isinstance(overrides, dict):
-        values.update(overrides)
-    else:
-        values.update(parse_overrides(overrides or []))
+    for top, what in OTHER_FILES.items():
+        if any(k == top or k.startswith(top + ".") for k in values):
+            raise ConfigError(f"{path} is {what.format(path=path)}")
+    values.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides or []))
     return from_flat(values)
 
 
-def from_flat(values: dict) -> Config:
+def from_flat(values: dict) -> "Config":
     cfg = Config()
-    for key, value in values.items():
-        _set(cfg, key, value)
+    for name, value in values.items():
+        _set(cfg, name, value)
+    if cfg.optim.adamw_lr_ratio is None:
+        cfg.optim.adamw_lr_ratio = ADAMW_LR_RATIO.get(cfg.optim.name, 1.0)
     validate(cfg)
     return cfg
 
 
-def to_dict(cfg: Config) -> dict:
+def to_dict(cfg: "Config") -> dict:
     return dataclasses.asdict(cfg)
 
 
-def flat_dict(cfg: Config) -> dict:
+def flat_dict(cfg: "Config") -> dict:
     return flatten(to_dict(cfg))
 
 
-def get(cfg: Config, key: str):
+def get(cfg, key_name: str):
     node = cfg
-    for part in key.split("."):
+    for part in key_name.split("."):
         node = getattr(node, part)
     return node
 
 
-def validate(cfg: Config, world_size: int = 1) -> None:
-    """Cross-field checks; raise ConfigError naming the key."""
-    for key, choices in CHOICES.items():
-        if get(cfg, key) not in choices:
-            raise ConfigError(f"{key}: {get(cfg, key)!r} is not one of {', '.join(choices)}")
-    for key in POSITIVE:
-        if not get(cfg, key) > 0:
-            raise ConfigError(f"{key}: must be > 0, got {get(cfg, key)!r}")
-    for key in NON_NEGATIVE:
-        if not get(cfg, key) >= 0:
-            raise ConfigError(f"{key}: must be >= 0, got {get(cfg, key)!r}")
+def divisors_hint(batch: int, micro: int, world: int) -> str:
+    """The micro-batch sizes that split `batch` over `world` ranks, for an error message."""
+    fits = [m for m in range(1, batch // world + 1) if batch % (m * world) == 0]
+    if not fits:
+        return f"no micro-batch splits {batch} sequences over {world} ranks: make train.batch_size a multiple of {world}"
+    below = [m for m in fits if m <= micro]
+    best = f" (the largest <= {micro}: {below[-1]})" if below else ""
+    return f"with {world} ranks use train.micro_batch_size in {{{', '.join(map(str, fits))}}}{best}"
+
+
+def validate(cfg: "Config", world_size: int = 1) -> None:
+    """Cross-key checks; raise ConfigError naming the key."""
     m, o, t = cfg.model, cfg.optim, cfg.train
     if m.n_embd % m.head_dim:
         raise ConfigError(f"model.n_embd={m.n_embd} is not divisible by model.head_dim={m.head_dim}")
-    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+    if len(o.betas) != 2:
         raise ConfigError(f"optim.betas: expected two values in [0, 1), got {o.betas}")
-    if (o.min_lr is None) == (o.min_lr_ratio is None):
-        raise ConfigError("optim.min_lr and optim.min_lr_ratio: set exactly one (the other to null)")
-    floor = min_lr_ratio(o)
-    if not 0 <= floor <= 1:
-        raise ConfigError(f"optim.min_lr / optim.min_lr_ratio: floor must lie in [0, optim.lr], got ratio {floor}")
-    per_step = t.micro_batch_size * world_size
-    if t.batch_size % per_step:
+    if o.min_lr > o.lr:
+        raise ConfigError(f"optim.min_lr={o.min_lr:g} exceeds optim.lr={o.lr:g}: the floor must lie in [0, optim.lr]")
+    if t.batch_size % (t.micro_batch_size * world_size):
         raise ConfigError(
             f"train.batch_size={t.batch_size} is not divisible by train.micro_batch_size={t.micro_batch_size}"
-            f" x {world_size} ranks"
+            f" x {world_size} ranks; {divisors_hint(t.batch_size, t.micro_batch_size, world_size)}"
         )
 
 
 def min_lr_ratio(o: OptimConfig) -> float:
     """The schedule's floor as a fraction of each group's base lr."""
-    return o.min_lr / o.lr if o.min_lr is not None else o.min_lr_ratio
+    return o.min_lr / o.lr
+
+
+def describe_keys() -> str:
+    """Every key with its type, default, choices and doc: the body of `python train.py --help`."""
+    lines = []
+    for name, f in KEYS.items():
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        literal = _literal(f.type)
+        kind = "|".join(map(str, typing.get_args(literal))) if literal is not None else type_name(f.type)
+        bound = f.metadata["bound"]
+        lines.append(f"  {name:<28} {kind:<22} = {default!r:<16} {f.metadata['doc']}"
+                     + (f" (must be {bound})" if bound is not None else ""))
+    return "\n".join(lines)

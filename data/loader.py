@@ -1,4 +1,4 @@
-"""Batches of token windows from a prepared directory, as a pure function of (seed, split, step, rank, micro_step).
+"""Batches of token windows from a prepared directory, as a pure function of (seed, split, step).
 
 No loader state means nothing to checkpoint: a resumed run, or a run on a different number of GPUs
 replaying the same ranks, sees exactly the batches it would have seen.
@@ -48,7 +48,9 @@ def open_dataset(data_dir, block_size=None):
 
 
 class TokenBatches:
-    """Random windows of one split. get(step, rank, micro_step) -> (x, y), int64 tensors (batch_size, block_size)."""
+    """Random windows of one split: step `step`'s global batch is `batch_size` windows drawn from (seed, split,
+    step) alone. Ranks and micro-batches take slices of it, so any split of the batch (1 or 8 ranks,
+    micro-batch 4 or 24) trains on the same samples, and a resume may change the split."""
 
     def __init__(self, data_dir, split, block_size, batch_size, seed):
         if split not in SPLITS:
@@ -59,15 +61,33 @@ class TokenBatches:
         self.split_id = SPLITS.index(split)
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
 
-    def offsets(self, step, rank=0, micro_step=0):
-        """Window starts, uniform over [0, n_tokens - block_size - 1]."""
-        rng = np.random.default_rng([self.seed, self.split_id, step, rank, micro_step])
+    def offsets(self, step):
+        """Window starts of the global batch, uniform over [0, n_tokens - block_size - 1]."""
+        rng = np.random.default_rng([self.seed, self.split_id, step, 0, 0])
         return rng.integers(0, self.n_tokens - self.block_size, size=self.batch_size)
 
-    def get(self, step, rank=0, micro_step=0):
+    def get(self, step, index=0, size=None):
+        """(x, y), int64 tensors (size, block_size): micro-batch `index` of size `size` (default: the whole
+        batch) of step `step`."""
+        size = size or self.batch_size
         # A fresh read-only memmap per batch: a long-lived one lets its pages pile up in the process's
         # memory (nanoGPT's note on the memmap leak), while reopening costs microseconds.
         data = np.memmap(self.path, dtype=DTYPE, mode="r")
-        windows = np.stack([data[i : i + self.block_size + 1] for i in self.offsets(step, rank, micro_step)])
-        windows = torch.from_numpy(windows.astype(np.int64))
+        starts = self.offsets(step)[index * size : (index + 1) * size]
+        windows = torch.from_numpy(np.stack([data[i : i + self.block_size + 1] for i in starts]).astype(np.int64))
         return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+
+class FixedWindows:
+    """The validation set: `n` windows of a split drawn once from their own seed, the same for every run of a
+    corpus and block size whatever its train.seed, ranks or micro-batch. shard(rank, world, size) yields this
+    rank's windows in batches of at most `size`; together the ranks cover every window exactly once."""
+
+    def __init__(self, data_dir, split, block_size, n, seed):
+        self.windows = TokenBatches(data_dir, split, block_size, n, seed)
+
+    def shard(self, rank, world, size):
+        x, y = self.windows.get(step=0)
+        x, y = x[rank::world], y[rank::world]
+        for i in range(0, len(x), size):
+            yield x[i : i + size], y[i : i + size]

@@ -23,7 +23,8 @@ from data.loader import TokenBatches
 from mup import spectral
 from mup.scaling import build_model
 from optim.hybrid import build_optimizer
-from train import Run, check_data
+from trainer.runtime import Runtime, check_data
+from trainer.step import train_step
 
 COLUMNS = ("parameterization", "width", "depth", "seed", "step", "site", "rms")
 SPECTRAL_COLUMNS = ("parameterization", "width", "depth", "seed", "step", "key", "value")
@@ -73,36 +74,27 @@ def run(cfg: Config, steps: int = 10, data: Path | None = None, spectral_product
     train.seed), at constant lr. Returns (rows, spectral_rows): rows as COLUMNS, and, if asked,
     spectral.report of every update t as SPECTRAL_COLUMNS (step t = the t-th update)."""
     cfg = with_values(cfg, **{"optim.schedule": "constant", "optim.warmup_iters": 0})
-    t, ctx = cfg.train, Run(cfg)  # train.py's device and numerics (bf16 autocast on CUDA, TF32)
+    t, ctx = cfg.train, Runtime(cfg)  # a training run's device and numerics (bf16 autocast on CUDA, TF32)
     ctx.start()
     torch.manual_seed(t.seed)
     model, table = build_model(cfg, ctx.device)
     optimizer = build_optimizer(cfg, model, table)
-    batches = TokenBatches(data or check_data(cfg), "train", cfg.model.block_size, t.micro_batch_size, t.seed)
-    n_micro = t.batch_size // t.micro_batch_size
+    batches = TokenBatches(data or check_data(cfg), "train", cfg.model.block_size, t.batch_size, t.seed)
     probe = ActivationRMS(model)
     run_key = dict(parameterization=cfg.scaling.parameterization, width=cfg.model.n_embd,
                    depth=cfg.model.n_layer, seed=t.seed)
     rows, spectral_rows = [], []
-    for step in range(1, steps + 2):
-        training = step <= steps
-        for micro in range(n_micro):
-            x, y = ctx.to_device(batches.get(step - 1, micro_step=micro))
-            with torch.set_grad_enabled(training), ctx.autocast:
-                _, loss = model(x, y)
-            if training:
-                (loss / n_micro).backward()
-        rows += [dict(run_key, step=step, site=site, rms=v) for site, v in probe.read().items()]
-        if not training:
-            break
-        if cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+    for step in range(1, steps + 1):
         before = spectral.snapshot(model, table) if spectral_products else None
-        optimizer.step()
-        optimizer.zero_grad()
+        train_step(model, optimizer, batches, step - 1, cfg, ctx)  # the training run's step, exactly
+        rows += [dict(run_key, step=step, site=site, rms=v) for site, v in probe.read().items()]
         if before is not None:
             report = spectral.report(model, table, before)
             spectral_rows += [dict(run_key, step=step, key=k, value=v) for k, v in report.items()]
+    with torch.no_grad(), ctx.autocast:  # step steps + 1: the forward of the model after the last update
+        for micro in range(t.batch_size // t.micro_batch_size):
+            model(*ctx.to_device(batches.get(steps, micro, t.micro_batch_size)))
+    rows += [dict(run_key, step=steps + 1, site=site, rms=v) for site, v in probe.read().items()]
     probe.remove()
     return rows, spectral_rows
 

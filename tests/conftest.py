@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 TINY_RUN = {  # a run that takes well under a second per step on one CPU thread
     "model.n_embd": 32, "model.head_dim": 16, "model.n_layer": 2, "model.block_size": 16,
     "model.vocab_size": 256, "data.tokenizer": "bytes", "train.batch_size": 4, "train.micro_batch_size": 4,
-    "train.max_iters": 6, "train.eval_interval": 3, "train.eval_iters": 2, "train.log_interval": 1,
+    "train.max_iters": 6, "train.eval_interval": 3, "train.eval_windows": 8, "train.log_interval": 1,
     "train.ckpt_interval": 3, "train.device": "cpu", "optim.warmup_iters": 2,
 }
 
@@ -37,3 +37,11 @@ def tiny_corpus(tmp_path_factory):
         mp.setenv("HF_DATASETS_CACHE", str(root / "hf" / "datasets"))
         return prepare("files", out=root / "prepared", tokenizer="bytes", inputs=[str(f) for f in files],
                        val_fraction=0.1, num_proc=1)
+
+
+def tree_digest(root) -> dict:
+    """{relative path: sha256} of every file under `root`: equal before and after means nothing changed."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(root).rglob("*")) if p.is_file()}

@@ -102,8 +102,8 @@ def test_first_step_is_the_initial_forward(corpus):
     torch.manual_seed(5)
     model, _ = build_model(cfg)
     for micro in (8, 4):
-        batches = TokenBatches(corpus, "train", cfg.model.block_size, micro, 5)
-        x = torch.cat([batches.get(0, micro_step=m)[0] for m in range(8 // micro)])
+        batches = TokenBatches(corpus, "train", cfg.model.block_size, 8, 5)
+        x = torch.cat([batches.get(0, m, micro)[0] for m in range(8 // micro)])
         with torch.no_grad():
             acts = {"embed": model.embed(x)}
             h = acts["embed"]

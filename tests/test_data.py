@@ -625,22 +625,25 @@ def make_prepared(directory, n_train, n_val):
     return directory
 
 
-def test_batches_are_a_pure_function_of_seed_step_rank_micro_step(tmp_path):
+def test_batches_are_a_pure_function_of_seed_split_step(tmp_path):
     d = make_prepared(tmp_path / "d", n_train=10_000, n_val=3_000)
-    batches = TokenBatches(d, "train", block_size=16, batch_size=4, seed=1)
-    x, y = batches.get(step=5, rank=1, micro_step=2)
-    assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == torch.int64
-    x2, y2 = TokenBatches(d, "train", block_size=16, batch_size=4, seed=1).get(step=5, rank=1, micro_step=2)
+    batches = TokenBatches(d, "train", block_size=16, batch_size=8, seed=1)
+    x, y = batches.get(step=5)
+    assert x.shape == y.shape == (8, 16) and x.dtype == y.dtype == torch.int64
+    x2, y2 = TokenBatches(d, "train", block_size=16, batch_size=8, seed=1).get(step=5)
     assert torch.equal(x, x2) and torch.equal(y, y2)
-    others = [
-        batches.get(6, 1, 2),
-        batches.get(5, 0, 2),
-        batches.get(5, 1, 3),
-        TokenBatches(d, "train", block_size=16, batch_size=4, seed=2).get(5, 1, 2),
-        TokenBatches(d, "val", block_size=16, batch_size=4, seed=1).get(5, 1, 2),
-    ]
-    for other_x, _ in others:
+    for other_x, _ in [batches.get(6), TokenBatches(d, "train", block_size=16, batch_size=8, seed=2).get(5),
+                       TokenBatches(d, "val", block_size=16, batch_size=8, seed=1).get(5)]:
         assert not torch.equal(x, other_x)
+
+
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_micro_batches_are_slices_of_the_global_batch(tmp_path, size):
+    """However ranks and micro-batches split it, a step trains on the same windows."""
+    d = make_prepared(tmp_path / "d", n_train=10_000, n_val=3_000)
+    batches = TokenBatches(d, "train", block_size=16, batch_size=8, seed=1)
+    whole, parts = batches.get(5), [batches.get(5, i, size) for i in range(8 // size)]
+    assert torch.equal(whole[0], torch.cat([x for x, _ in parts])) and torch.equal(whole[1], torch.cat([y for _, y in parts]))
 
 
 def test_batches_read_the_windows_at_their_offsets(tmp_path):

@@ -1,0 +1,68 @@
+"""One optimizer step and one evaluation: the computation shared by training and the coordinate check."""
+
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from config import Config
+from data.loader import FixedWindows, TokenBatches
+from optim.schedule import lr_factor
+from trainer.runtime import Runtime
+
+CURVATURE = 2**32 - 1  # the "micro-batch index" of the curvature pass's label sampling: no batch has it
+
+
+def dropout_seed(seed: int, step: int, micro_step: int) -> int:
+    """The seed of a micro-batch's dropout masks. Like its tokens, they are a function of (seed, step, global
+    micro-batch), not of a generator's history: ranks draw different masks, any number of ranks trains the
+    same model, and a resumed run needs no RNG state from its checkpoint."""
+    return int(np.random.SeedSequence([seed, step, micro_step]).generate_state(1, np.uint64)[0])
+
+
+def train_step(model, opt, batches: TokenBatches, step: int, cfg: Config, rt: Runtime, raw=None) -> torch.Tensor:
+    """Forward and backward over this rank's micro-batches of global step `step` (0-based), clip, update.
+    `raw` is the module inside a compiled or DDP `model`. Returns the step's mean loss on this rank as a
+    device tensor: reading it is the caller's host sync."""
+    accum = cfg.train.batch_size // (cfg.train.micro_batch_size * rt.world)
+    opt.set_lr_factor(lr_factor(step, cfg.optim, cfg.train.max_iters))
+    total = torch.zeros((), device=rt.device)
+    for micro in range(accum):
+        # the global micro-batch index fixes each sample, so any number of ranks sees the same batch
+        global_micro = rt.rank * accum + micro
+        x, y = rt.to_device(batches.get(step, global_micro, cfg.train.micro_batch_size))
+        if cfg.model.dropout > 0:
+            torch.manual_seed(dropout_seed(cfg.train.seed, step, global_micro))
+        sync = model.no_sync() if rt.ddp and micro < accum - 1 else nullcontext()
+        with sync, rt.autocast:
+            loss = model(x, y)[1] / accum
+        loss.backward()
+        total += loss.detach()
+    if cfg.optim.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if opt.wants_curvature(step):
+        # Sophia's Hessian estimate: an extra pass of its own on the global first micro-batch, made alike by
+        # every rank on the bare module (no gradient exchange), so any number of ranks gets the same estimate
+        x, _ = rt.to_device(batches.get(step, 0, cfg.train.micro_batch_size))
+        opt.update_curvature(raw or model, x, rt.autocast, dropout_seed(cfg.train.seed, step, CURVATURE))
+    return total
+
+
+@torch.no_grad()
+def evaluate(model, val: FixedWindows, micro_batch_size: int, rt: Runtime) -> float:
+    """Mean token loss over the whole validation set. Each rank takes its share of the windows; loss sums and
+    token counts are added over ranks, so the number is the same for any ranks and micro-batch. `model` is
+    the uncompiled module: switching grad mode and train/eval would make a compiled one recompile."""
+    model.eval()
+    sums = torch.zeros(2, dtype=torch.float64, device=rt.device)  # (loss summed over tokens, tokens)
+    for x, y in val.shard(rt.rank, rt.world, micro_batch_size):
+        x, y = rt.to_device((x, y))
+        with rt.autocast:
+            loss = model(x, y)[1]
+        sums += torch.stack([loss.double() * y.numel(), torch.tensor(y.numel(), dtype=torch.float64,
+                                                                      device=rt.device)])
+    model.train()
+    loss_sum, tokens = rt.sum(sums).tolist()
+    return loss_sum / tokens
