@@ -1,25 +1,25 @@
 """Tables, figure and transfer summary of a sweep: python scripts/plot.py DIR [--out OUTDIR]
 
-Reads every DIR/**/run.json (in DIR/sweep.json's order where it lists them). Runs are grouped into panels
-by parameterization (and by any other setting the sweep varies besides the ones below); within a panel,
-one curve per width or depth (whichever varies), final validation loss against log2 of the swept
-hyperparameter (the LR; the weight decay if that is what varies), seeds averaged. Writes to OUTDIR
-(default DIR):
+Reads DIR/sweep.json's runs and their run.json records (every DIR/**/run.json where there is no sweep.json).
+Runs are grouped into panels by parameterization (and by any other setting the sweep varies besides the ones
+below); within a panel, one row (a curve) per width or depth (whichever varies), final validation loss
+against log2 of the swept hyperparameter (the LR; the weight decay if that is what varies), seeds averaged.
+Writes to OUTDIR (default DIR):
 
     table_<panel>.md, .csv   the paper's tables: rows width n or depth L, columns log2 LR, cells final
-                             validation loss; NaN where a run diverged or failed (any seed) or is missing
+                             validation loss; NaN where a run diverged or failed (any seed) or is not done
     lr_sweep.png, .pdf       a panel per parameterization, a curve per width/depth, each optimum starred
+                             (hollow where provisional)
     summary.json             per panel and width/depth: the optimal log2 LR and its loss, and their spread
 
 The spread (max - min over widths/depths of the optimal log2 LR) is the number that says whether the LR
-transfers: the paper's muP width sweep has spread 1, SP's has 3.
+transfers: the paper's muP width sweep has spread 1, SP's has 3. On an unfinished sweep the script lists the
+runs that are not done; a row with any of them has a provisional optimum, left out of the spread.
 """
 
 import argparse
-import json
 import math
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -28,89 +28,38 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo runs from its root, uninstalled
 from atomic import atomic_path, write_json, write_text  # noqa: E402
-from config import Config, flat_dict, flatten  # noqa: E402
-from sweep import LOG2, SWEEP_JSON, run_name  # noqa: E402
+from experiments.results import (  # noqa: E402
+    SIZES, X_NAMES, ResultsError, axes, load_results, panel_rows, summarize, unfinished,
+)
 
-KEYS = list(flat_dict(Config()))
-NOT_SETTINGS = ("train.out_dir", "train.seed", "train.resume")  # vary without making a new curve
-SIZES = {"model.n_embd": ("width", "n"), "model.n_layer": ("depth", "L")}
-X_NAMES = {key: name for name, key in LOG2.items()}  # optim.lr -> log2_lr
 TITLES = {"sp": "SP", "mup": "μP (k≥2)", "mup_k1": "μP (k=1)", "mup_width": "width-only μP"}
 Y_HEADROOM = 3.0  # the figure shows losses up to the best one + this; exploded runs go off the top
+LISTED = 20  # unfinished runs listed by name; the rest are counted
 
 
-def load_runs(sweep_dir: Path) -> list[dict]:
-    """[{"settings": flat config, "loss": final val loss, NaN unless done}] in sweep order."""
-    index = sweep_dir / SWEEP_JSON
-    if index.exists():
-        paths = [sweep_dir / name / "run.json" for name in json.loads(index.read_text())["runs"]]
-        missing = [p.parent.name for p in paths if not p.exists()]
-        if missing:
-            print(f"{len(missing)} runs have no run.json yet (NaN or absent in the tables): {missing[0]} ...")
-        paths = [p for p in paths if p.exists()]
-    else:
-        paths = sorted(sweep_dir.rglob("run.json"))
-    runs = []
-    for path in paths:
-        record = json.loads(path.read_text())
-        flat = flatten(record["config"])
-        settings = {key: flat.get(key) for key in KEYS}
-        loss = record.get("final_val_loss") if record.get("status") == "done" else None
-        runs.append({"settings": settings, "loss": math.nan if loss is None else float(loss)})
-    if not runs:
-        sys.exit(f"no run.json under {sweep_dir}")
-    return runs
+def report_unfinished(results: list) -> None:
+    """Say which runs are not done yet, so that a table with holes is not read as a finished sweep."""
+    pending = unfinished(results)
+    count = sum(map(len, pending.values()))
+    if not count:
+        return
+    print(f"the sweep is not finished: {count} of {len(results)} runs are not done (NaN in the tables; their"
+          f" rows' optima are provisional and left out of the spread); the same sweep.py command runs them:")
+    listed = [(status, name) for status, names in pending.items() for name in names]
+    for status, name in listed[:LISTED]:
+        print(f"  {status:<12} {name}")
+    if count > LISTED:
+        print(f"  ... and {count - LISTED} more")
 
 
-def log2(value: float) -> int | float:
-    x = round(math.log2(value), 6)
-    return int(x) if x.is_integer() else x
-
-
-def axes(runs: list[dict]) -> tuple[str, str, list[str]]:
-    """(size key, swept hyperparameter key, keys that tell panels apart), from what varies across runs."""
-    varying = [k for k in KEYS if k not in NOT_SETTINGS and len({repr(r["settings"][k]) for r in runs}) > 1]
-    size = next((k for k in SIZES if k in varying), "model.n_embd")
-    x = next((k for k in X_NAMES if k in varying), None)
-    if x is None:
-        sys.exit(f"the runs vary neither {' nor '.join(X_NAMES)}: nothing to plot against")
-    return size, x, [k for k in varying if k not in (size, x, "scaling.parameterization")]
-
-
-def losses_by_panel(runs: list[dict], size: str, x: str, panel_keys: list[str]) -> dict:
-    """{panel label: {size: {log2 x: mean loss over seeds}}}, panels in order of appearance."""
-    seeds = defaultdict(list)
-    for r in runs:
-        s = r["settings"]
-        label = s["scaling.parameterization"]
-        if panel_keys:  # e.g. "mup,norm=none"
-            label += "," + run_name({k: s[k] for k in panel_keys})
-        seeds[label, s[size], log2(s[x])].append(r["loss"])
-    panels = defaultdict(lambda: defaultdict(dict))
-    for (label, n, xv), values in seeds.items():
-        panels[label][n][xv] = float(np.mean(values))  # NaN if any seed diverged or failed
-    return {label: {n: dict(sorted(c.items())) for n, c in sorted(curves.items())} for label, curves in panels.items()}
-
-
-def optima(curves: dict, x_name: str) -> tuple[dict, int | float | None]:
-    """Each curve's best (x, loss), and the spread of the best x over the curves."""
-    best = {}
-    for n, curve in curves.items():
-        finite = {xv: loss for xv, loss in curve.items() if math.isfinite(loss)}
-        xv = min(finite, key=finite.get) if finite else None
-        best[str(n)] = {x_name: xv, "loss": finite.get(xv)}
-    xs = [b[x_name] for b in best.values() if b[x_name] is not None]
-    return best, (max(xs) - min(xs) if xs else None)
-
-
-def table_rows(curves: dict, row_label: str) -> list[list[str]]:
+def table_rows(rows: dict, row_label: str) -> list[list[str]]:
     """The paper's table: a row per width/depth, a column per log2 x, 3 decimals, NaN for no loss."""
-    columns = sorted({xv for curve in curves.values() for xv in curve})
+    columns = sorted({xv for row in rows.values() for xv in row.losses})
     fmt = lambda v: f"{v:.3f}" if math.isfinite(v) else "NaN"  # noqa: E731
     return [[row_label, *map(str, columns)]] + [
-        [str(n), *(fmt(curve.get(xv, math.nan)) for xv in columns)] for n, curve in curves.items()
+        [str(n), *(fmt(row.losses.get(xv, math.nan)) for xv in columns)] for n, row in rows.items()
     ]
 
 
@@ -124,18 +73,19 @@ def csv(rows: list[list[str]]) -> str:
 
 
 def figure(panels: dict, summary: dict, size: str, x_name: str) -> plt.Figure:
-    sizes = sorted({n for curves in panels.values() for n in curves})
+    sizes = sorted({n for rows in panels.values() for n in rows})
     colors = dict(zip(sizes, plt.cm.viridis(np.linspace(0, 0.9, len(sizes)))))
     fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), sharey=True, squeeze=False)
-    finite = [v for curves in panels.values() for c in curves.values() for v in c.values() if math.isfinite(v)]
-    for ax, (label, curves) in zip(axs[0], panels.items()):
-        for n, curve in curves.items():
-            pts = [(xv, v) for xv, v in curve.items() if math.isfinite(v)]  # diverged points left out
+    finite = [v for rows in panels.values() for r in rows.values() for v in r.losses.values() if math.isfinite(v)]
+    for ax, (label, rows) in zip(axs[0], panels.items()):
+        for n, row in rows.items():
+            pts = [(xv, v) for xv, v in row.losses.items() if math.isfinite(v)]  # diverged points left out
             if pts:
                 ax.plot(*zip(*pts), "o-", ms=3, color=colors[n], label=f"{SIZES[size][1]}={n}")
             best = summary[label]["optima"][str(n)]
-            if best[x_name] is not None:
-                ax.plot(best[x_name], best["loss"], "*", ms=13, color=colors[n], mec="black", mew=0.6)
+            if best[x_name] is not None:  # a hollow star: provisional, the row is not finished
+                ax.plot(best[x_name], best["loss"], "*", ms=13, color=colors[n], mec="black", mew=0.6,
+                        mfc="none" if best["provisional"] else colors[n])
         head, *rest = label.split(",")
         ax.set_title(", ".join([TITLES.get(head, head), *rest]))
         ax.set_xlabel(f"log$_2$ {'learning rate' if x_name == 'log2_lr' else 'weight decay'}")
@@ -149,27 +99,38 @@ def figure(panels: dict, summary: dict, size: str, x_name: str) -> plt.Figure:
     return fig
 
 
+def describe(label: str, axis: str, row_label: str, x_name: str, panel: dict) -> str:
+    """`sp (width): optimal log2_lr n=32: -7  n=64: -8?  -> spread 0 (complete rows only; not finished: n=64)`"""
+    best = "  ".join(f"{row_label}={n}: {b[x_name]}{'?' if b['provisional'] else ''}"
+                     for n, b in panel["optima"].items())
+    text = f"{label} ({axis}): optimal {x_name} {best}  -> spread {panel['spread']}"
+    if panel["incomplete"]:
+        text += f" (complete rows only; not finished: {', '.join(f'{row_label}={n}' for n in panel['incomplete'])})"
+    return text
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dir", type=Path, help="a sweep directory (scripts/sweep.py --out)")
     ap.add_argument("--out", type=Path, help="where tables, figure and summary.json go (default: DIR)")
     args = ap.parse_args(argv)
-    out = args.out or args.dir
-    out.mkdir(parents=True, exist_ok=True)
-    runs = load_runs(args.dir)
-    size, x, panel_keys = axes(runs)
+    try:
+        results = load_results(args.dir)
+        size, x, panel_keys = axes(results)
+    except ResultsError as e:
+        sys.exit(f"plot error: {e}")
+    report_unfinished(results)
     x_name = X_NAMES[x]
     axis, row_label = SIZES[size]
-    panels = losses_by_panel(runs, size, x, panel_keys)
-    summary = {}
-    for label, curves in panels.items():
-        best, spread = optima(curves, x_name)
-        summary[label] = {"axis": axis, "optima": best, "spread": spread}
-        rows = table_rows(curves, row_label)
-        write_text(out / f"table_{label}.md", markdown(rows))
-        write_text(out / f"table_{label}.csv", csv(rows))
-        per_size = "  ".join(f"{row_label}={n}: {b[x_name]}" for n, b in best.items())
-        print(f"{label} ({axis}): optimal {x_name} {per_size}  -> spread {spread}")
+    panels = panel_rows(results, size, x, panel_keys)
+    summary = summarize(panels, axis, x_name)
+    out = args.out or args.dir
+    out.mkdir(parents=True, exist_ok=True)
+    for label, rows in panels.items():
+        table = table_rows(rows, row_label)
+        write_text(out / f"table_{label}.md", markdown(table))
+        write_text(out / f"table_{label}.csv", csv(table))
+        print(describe(label, axis, row_label, x_name, summary[label]))
     write_json(out / "summary.json", summary)
     fig = figure(panels, summary, size, x_name)
     for ext in ("png", "pdf"):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every figure and table of the paper: bash scripts/reproduce.sh [paper|tiny] (default paper)
+# Every figure and table of the paper: bash scripts/reproduce.sh paper|tiny [--dry-run]
 #
 # paper: OpenWebText, GPT-2 tokens, on the GPUs of this machine (sweep.py runs one run per GPU; for Slurm
 #   add --backend slurm --partition P to the sweep commands). GPU-hours below are training FLOPs over an
@@ -8,37 +8,72 @@
 #   x 1024 = 300.1M per run; evaluation not counted. Example, n = 4096, L = 4: N = 4 x 12 n^2 + 50304 n =
 #   1.011e9, 6 N + 12 L n T = 6.27e9 FLOP/token, x 300.1M tokens = 1.88e18 FLOP / 3.96e14 FLOP/s = 1.32 h.
 #   Small models run well below 40% MFU, so read the small runs' hours as lower bounds.
-#   `python scripts/sweep.py SWEEP.yaml --out DIR --dry-run` prints these numbers per run.
 # tiny: the same experiments at CPU scale on the offline stdlib corpus (configs/sweeps/tiny_*.yaml);
 #   CPU-minutes are upper estimates from timed 20-step runs on one thread of a shared machine.
+# --dry-run: print every command instead of running it, each sweep with its runs and GPU-hours (from
+#   `python scripts/sweep.py SWEEP.yaml --out DIR --dry-run`, which also lists them per run), and the total.
 #
-# Rerunning continues: finished sweep runs are skipped, interrupted ones resume from their checkpoints.
-# A sweep with failed runs exits nonzero and stops this script; rerun it to retry them.
+# Outputs go to $OUT (default out/paper or out/tiny). Rerunning continues: finished sweep runs are skipped,
+# interrupted ones resume from their checkpoints. A sweep with failed runs exits nonzero and stops this
+# script; rerun it to retry them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODE=${1:-paper}
+
+usage() {
+  echo "usage: bash $0 paper|tiny [--dry-run]" >&2
+  echo "  paper: OpenWebText on this machine's GPUs; tiny: the CPU-scale counterparts" >&2
+  echo "  --dry-run: list the commands and each sweep's GPU-hours, run nothing" >&2
+  exit 2
+}
+MODE="" DRY=0
+for arg in "$@"; do
+  case $arg in
+    paper | tiny) MODE=$arg ;;
+    --dry-run) DRY=1 ;;
+    *) usage ;;
+  esac
+done
+[ -n "$MODE" ] || usage
 OUT=${OUT:-out/$MODE}
 case $MODE in
   paper) P=""; WORKERS=() ;;
   tiny) P="tiny_"; WORKERS=(--workers 2) ;;
-  *) echo "usage: $0 [paper|tiny]" >&2; exit 2 ;;
 esac
+COSTS=()  # with --dry-run: each sweep's "N runs (M to run): H H100-hours (R to run)"
+
+run() {  # run a command; with --dry-run, print it
+  if [ "$DRY" = 1 ]; then
+    local line
+    printf -v line '%q ' "$@"
+    echo "${line% }"
+  else
+    "$@"
+  fi
+}
 
 sweep() {  # sweep NAME: run configs/sweeps/[tiny_]NAME.yaml into $OUT/NAME, then its tables and figure
-  python scripts/sweep.py "configs/sweeps/$P$1.yaml" --out "$OUT/$1" "${WORKERS[@]}"
-  python scripts/plot.py "$OUT/$1"
+  local cmd=(python scripts/sweep.py "configs/sweeps/$P$1.yaml" --out "$OUT/$1" "${WORKERS[@]}")
+  if [ "$DRY" = 1 ]; then
+    local cost
+    cost=$("${cmd[@]}" --dry-run | grep -E '^[0-9]+ runs \(' | cut -d, -f1)
+    COSTS+=("$cost")
+    echo "$(run "${cmd[@]}")   # $cost"
+  else
+    "${cmd[@]}"
+  fi
+  run python scripts/plot.py "$OUT/$1"
 }
 
 # Data. paper: OpenWebText (network; ~9B tokens, hours of CPU with --num-proc). tiny: seconds, offline.
 if [ "$MODE" = paper ]; then
-  python -m data.prepare openwebtext --tokenizer gpt2
+  run python -m data.prepare openwebtext --tokenizer gpt2
 else
-  python -m data.prepare stdlib --tokenizer bytes
+  run python -m data.prepare stdlib --tokenizer bytes
 fi
 
 # Fig. 1(a, b): coordinate checks against width and depth (10 steps per point).
-python scripts/coord_check.py "configs/coord/${P}width.yaml" --out "$OUT/coord_width"
-python scripts/coord_check.py "configs/coord/${P}depth.yaml" --out "$OUT/coord_depth"
+run python scripts/coord_check.py "configs/coord/${P}width.yaml" --out "$OUT/coord_width"
+run python scripts/coord_check.py "configs/coord/${P}depth.yaml" --out "$OUT/coord_depth"
 
 # Fig. 1(c), Tables 8-9: LR vs width, SP and muP. paper: 72 runs, 23.4 H100-hours. tiny: 48 runs, 34 CPU-min.
 sweep width
@@ -54,4 +89,9 @@ sweep wd_width
 sweep width_muon
 # Total sweeps: paper 398 runs, 87.3 H100-hours; tiny 281 runs, ~3.9 CPU-hours (~2 h with 2 workers on 2 cores).
 
-echo "done: tables, figures and summary.json under $OUT/*/"
+if [ "$DRY" = 1 ]; then
+  printf '%s\n' "${COSTS[@]}" | awk '{runs += $1; todo += substr($3, 2); hours += $6; left += substr($8, 2); unit = $7}
+    END {printf "# all sweeps: %d runs (%d to run), %.3g %s (%.3g to run)\n", runs, todo, hours, unit, left}'
+else
+  echo "done: tables, figures and summary.json under $OUT/*/"
+fi

@@ -1,24 +1,33 @@
-"""scripts/sweep.py: the grid and its names, validation before anything runs, resuming, failures and
-divergence recorded per run, worker environments, the submitit path, and the shipped sweep files."""
+"""scripts/sweep.py and scripts/reproduce.sh: validation before anything runs, clean one-line errors,
+resuming, failures and divergence recorded per run, stopping on SIGTERM, worker environments, the
+submitit path, the shipped sweep files and their dry runs."""
 
 import fcntl
+import hashlib
 import json
+import os
+import re
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 import yaml
 
-from config import ConfigError, parse_overrides
+from config import ConfigError, to_dict
+from experiments import grid
 from tests.conftest import ROOT, TINY_RUN
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import sweep  # noqa: E402
 
 TINY_SWEEP = {**TINY_RUN, "model.n_layer": 1, "train.max_iters": 3, "train.eval_interval": 3}
+SWEEP_PY = [sys.executable, str(ROOT / "scripts" / "sweep.py")]
 
 
-def write_sweep(path, grid, overrides=None, **extra):
-    spec = {"base": str(ROOT / "configs" / "default.yaml"), "grid": grid, "overrides": overrides or {}, **extra}
+def write_sweep(path, grid_, overrides=None, **extra):
+    spec = {"base": str(ROOT / "configs" / "default.yaml"), "grid": grid_, "overrides": overrides or {}, **extra}
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
@@ -27,12 +36,18 @@ def status(run_dir):
     return json.loads((run_dir / "run.json").read_text())
 
 
+def digest(directory):
+    """Every file under `directory` and a hash of its bytes: what 'nothing changed' compares."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
 @pytest.fixture
 def launches(monkeypatch):
     """Replace the training process by one that records its run as done, and count the launches."""
     names = []
 
-    def fake(cmd, run, env):
+    def fake(cmd, run, env, children):
         names.append(run.name)
         run.dir.mkdir(parents=True, exist_ok=True)
         (run.dir / "run.json").write_text(json.dumps({"status": "done", "final_val_loss": 1.0}))
@@ -42,40 +57,7 @@ def launches(monkeypatch):
     return names
 
 
-def test_grid_is_expanded_in_file_order_with_stable_names(tmp_path):
-    grid = {"scaling.parameterization": ["sp", "mup"], "model.n_embd": [32, 64], "log2_lr": [-7, -6.5]}
-    path = write_sweep(tmp_path / "s.yaml", grid, {"model.head_dim": 16}, seeds=[1, 2])
-    runs = sweep.load_sweep(path, tmp_path / "out").runs
-    assert [r.name for r in runs] == [r.name for r in sweep.load_sweep(path, tmp_path / "out").runs]
-    assert len(runs) == 16
-    assert [r.name for r in runs[:3]] == [
-        "parameterization=sp,n_embd=32,log2_lr=-7,seed=1",
-        "parameterization=sp,n_embd=32,log2_lr=-7,seed=2",
-        "parameterization=sp,n_embd=32,log2_lr=-6.5,seed=1",
-    ]
-    assert runs[-1].name == "parameterization=mup,n_embd=64,log2_lr=-6.5,seed=2"
-    first = runs[0]
-    assert first.overrides == {"model.head_dim": 16, "scaling.parameterization": "sp", "model.n_embd": 32,
-                               "optim.lr": 2**-7, "train.seed": 1}
-    assert first.config.optim.lr == 2**-7 and runs[2].config.optim.lr == 2**-6.5
-    assert first.dir == tmp_path / "out" / first.name and first.config.train.out_dir == str(first.dir)
-
-
-def test_a_list_of_grids_is_concatenated(tmp_path):
-    grid = [{"scaling.parameterization": ["sp"], "log2_lr": [-13, -12]},
-            {"scaling.parameterization": ["mup"], "log2_wd": [-4]}]
-    runs = sweep.load_sweep(write_sweep(tmp_path / "s.yaml", grid), tmp_path).runs
-    assert [r.name for r in runs] == ["parameterization=sp,log2_lr=-13", "parameterization=sp,log2_lr=-12",
-                                      "parameterization=mup,log2_wd=-4"]
-    assert runs[2].config.optim.weight_decay == 2**-4
-
-
-@pytest.mark.parametrize("value", [1e-5, 2.0**-20, "/a/b=c,d", "true", [0.9, 0.95], None, ""])
-def test_values_reach_train_py_unchanged(value):
-    assert parse_overrides([f"k={sweep.yaml_scalar(value)}"]) == {"k": value}
-
-
-@pytest.mark.parametrize("grid, overrides, message", [
+@pytest.mark.parametrize("grid_, overrides, message", [
     ({"model.n_emb": [32]}, {}, "model.n_emb"),  # a typo, reported with its closest key
     ({"model.n_embd": [32, 48]}, {"model.head_dim": 32}, "n_embd=48"),  # an invalid value names its run
     ({"log2_lr": ["big"]}, {}, "log2_lr"),
@@ -83,27 +65,70 @@ def test_values_reach_train_py_unchanged(value):
     ({"log2_lr": [-7]}, {"train.out_dir": "x"}, "train.out_dir"),
     ({"model.n_embd": 32}, {}, "non-empty list"),
 ])
-def test_a_bad_grid_is_rejected_before_anything_runs(tmp_path, launches, capsys, grid, overrides, message):
-    path = write_sweep(tmp_path / "s.yaml", grid, {"model.head_dim": 16, **overrides})
+def test_a_bad_grid_is_rejected_before_anything_runs(tmp_path, launches, capsys, grid_, overrides, message):
+    path = write_sweep(tmp_path / "s.yaml", grid_, {"model.head_dim": 16, **overrides})
     with pytest.raises(ConfigError, match=message):
-        sweep.load_sweep(path, tmp_path / "out")
+        grid.load_sweep(path, tmp_path / "out")
     assert sweep.main([str(path), "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
     assert launches == [] and not (tmp_path / "out").exists()
 
 
-def test_rerun_launches_only_unfinished_runs(tmp_path, launches):
-    path = write_sweep(tmp_path / "s.yaml", {"model.n_embd": [32, 64, 96, 128, 160]}, {"model.head_dim": 32})
+BAD_FILES = [  # (sweep file text, what the one-line message says)
+    ("base: {default}\ngrid:\n  log2_lr: [-7, -6\n", "s.yaml line 4: YAML syntax error"),
+    ("base: {default}\ngrid:\n  model.n_emb: [32]\n", "grid: unknown config key 'model.n_emb' (did you mean"
+                                                      " model.n_embd?)"),
+    ("base: missing.yaml\ngrid:\n  log2_lr: [-7]\n", "s.yaml: base: config file not found"),
+    ("grid:\n  log2_lr: [-7]\n", "a sweep has base:, grid:"),
+    ("base: {default}\nmodel:\n  n_embd: 64\ntrain:\n  max_iters: 3\n",
+     "is a run config, not a sweep (it has no grid:): train it with python train.py"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_FILES)
+def test_a_bad_sweep_file_is_a_one_line_error_and_changes_nothing(tmp_path, text, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(text.format(default=ROOT / "configs" / "default.yaml"))
     out = tmp_path / "out"
-    left = {"n_embd=32": "done", "n_embd=64": "diverged", "n_embd=96": "running", "n_embd=128": "failed"}
+    (out / "n_embd=32").mkdir(parents=True)  # a sweep directory with results in it
+    (out / "sweep.json").write_text('{"runs": {"n_embd=32": {}}}')
+    (out / "n_embd=32" / "run.json").write_text('{"status": "done"}')
+    before = digest(out)
+    done = subprocess.run([*SWEEP_PY, str(path), "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("sweep error: ") and message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert digest(out) == before
+
+
+def test_a_run_config_is_told_to_use_train_py(tmp_path, capsys):
+    assert sweep.main([str(ROOT / "configs" / "default.yaml"), "--out", str(tmp_path / "out")]) == 2
+    assert "is a run config, not a sweep" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--workers", "0"), ("--workers", "-2"), ("--gpus-per-run", "0")])
+def test_a_worker_count_below_one_is_refused_at_the_command_line(tmp_path, capsys, flag, value):
+    path = write_sweep(tmp_path / "s.yaml", {"log2_lr": [-7]})
+    with pytest.raises(SystemExit) as e:
+        sweep.main([str(path), "--out", str(tmp_path / "out"), flag, value])
+    assert e.value.code == 2
+    assert f"argument {flag}: must be at least 1, got {int(value)}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_rerun_launches_only_unfinished_runs(tmp_path, launches):
+    path = write_sweep(tmp_path / "s.yaml", {"model.n_embd": [32, 64, 96, 128, 160, 192]}, {"model.head_dim": 32})
+    out = tmp_path / "out"
+    left = {"n_embd=32": "done", "n_embd=64": "diverged", "n_embd=96": "running", "n_embd=128": "failed",
+            "n_embd=160": "interrupted"}
     for name, state in left.items():  # what an interrupted sweep leaves behind
         (out / name).mkdir(parents=True)
         (out / name / "run.json").write_text(json.dumps({"status": state}))
     assert sweep.main([str(path), "--out", str(out)]) == 0
-    assert launches == ["n_embd=96", "n_embd=128", "n_embd=160"]
+    assert launches == ["n_embd=96", "n_embd=128", "n_embd=160", "n_embd=192"]
     assert sweep.main([str(path), "--out", str(out)]) == 0
-    assert len(launches) == 3
-    assert list(json.loads((out / "sweep.json").read_text())["runs"]) == [f"n_embd={n}" for n in (32, 64, 96, 128, 160)]
+    assert len(launches) == 4
+    assert list(json.loads((out / "sweep.json").read_text())["runs"]) == [f"n_embd={n}" for n in range(32, 193, 32)]
 
 
 def test_a_run_another_process_is_running_is_left_alone(tmp_path, monkeypatch, capsys):
@@ -122,7 +147,7 @@ def test_a_run_another_process_is_running_is_left_alone(tmp_path, monkeypatch, c
     with open(held / sweep.LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # as the process running that run holds it
         assert sweep.main(args) == 0
-        assert "failed 0, running elsewhere 1" in capsys.readouterr().out
+        assert "failed 0, interrupted 0, running elsewhere 1" in capsys.readouterr().out
         assert status(held) == {"status": "running", "step": 5} and not (held / "stdout.log").exists()
         assert status(out / "n_embd=64")["status"] == "done"
     assert sweep.main(args) == 0  # once it is no longer held, the run is launched (and resumes)
@@ -131,14 +156,14 @@ def test_a_run_another_process_is_running_is_left_alone(tmp_path, monkeypatch, c
 
 def test_failure_and_divergence_are_recorded_and_the_rest_run(tmp_path, tiny_corpus, monkeypatch):
     """Real train.py processes: one trains, one diverges, one crashes on its missing data directory."""
-    grid = [{"data.dataset": [str(tiny_corpus)], "log2_lr": [-7, 20]},
-            {"data.dataset": [str(tmp_path / "missing")], "log2_lr": [-7]}]
+    g = [{"data.dataset": [str(tiny_corpus)], "log2_lr": [-7, 20]},
+         {"data.dataset": [str(tmp_path / "missing")], "log2_lr": [-7]}]
     overrides = {**TINY_SWEEP, "optim.warmup_iters": 0, "optim.grad_clip": 0.0, "train.max_iters": 8,
                  "train.ckpt_interval": 4}
-    path = write_sweep(tmp_path / "s.yaml", grid, overrides)
+    path = write_sweep(tmp_path / "s.yaml", g, overrides)
     out = tmp_path / "out"
     assert sweep.main([str(path), "--out", str(out), "--workers", "1"]) == 1  # 1: a run failed
-    runs = sweep.load_sweep(path, out).runs
+    runs = grid.load_sweep(path, out).runs
     done, diverged, failed = (status(r.dir) for r in runs)
     assert done["status"] == "done" and done["final_val_loss"] < 6 and done["step"] == 8
     assert diverged["status"] == "diverged" and diverged["final_val_loss"] is None
@@ -147,11 +172,71 @@ def test_failure_and_divergence_are_recorded_and_the_rest_run(tmp_path, tiny_cor
     assert (runs[0].dir / "ckpt.pt").exists() and "step 8" in (runs[0].dir / "stdout.log").read_text()
 
     relaunched = []
-    monkeypatch.setattr(sweep, "launch", lambda cmd, run, env: relaunched.append(cmd) or "failed")
+    monkeypatch.setattr(sweep, "launch", lambda cmd, run, env, children: relaunched.append(cmd) or "failed")
     sweep.main([str(path), "--out", str(out)])
     (cmd,) = relaunched  # only the failed run goes again, resuming from its checkpoint if it has one
     assert cmd[1:3] == [str(ROOT / "train.py"), str(ROOT / "configs" / "default.yaml")]
     assert f"train.out_dir={runs[2].dir}" in cmd and cmd[-1] == "train.resume=auto"
+
+
+def logged_steps(run_dir, after=0):
+    """The steps train.py has printed to the run's stdout.log, from byte `after` on."""
+    try:
+        text = (run_dir / "stdout.log").read_bytes()[after:].decode(errors="replace")
+    except FileNotFoundError:
+        return []
+    return [int(s) for s in re.findall(r"^step (\d+)\b", text, re.M)]
+
+
+def wait_until(condition, proc, timeout=180):
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the sweep ended early:\n{proc.communicate()[1]}"
+        assert time.time() < deadline, "timed out waiting for the runs to train"
+        time.sleep(0.1)
+
+
+def test_sigterm_stops_the_running_runs_at_a_checkpoint_and_a_rerun_resumes_them(tmp_path, tiny_corpus):
+    """Two workers, three runs far too long to finish: SIGTERM to the sweep alone reaches both running
+    train.py processes, which checkpoint and say interrupted; the third never starts; the sweep says so and
+    exits 143. The same command then continues each run from the step it stopped at."""
+    overrides = {**TINY_SWEEP, "data.dataset": str(tiny_corpus), "train.max_iters": 100_000,
+                 "train.eval_interval": 100_000, "train.ckpt_interval": 100_000}
+    path = write_sweep(tmp_path / "s.yaml", {"log2_lr": [-7, -6, -5]}, overrides)
+    out = tmp_path / "out"
+    running, queued = [out / "log2_lr=-7", out / "log2_lr=-6"], out / "log2_lr=-5"
+    cmd = [*SWEEP_PY, str(path), "--out", str(out), "--workers", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+
+    def interrupt(condition):
+        """Start the sweep, SIGTERM it once `condition` holds; its exit code and stderr."""
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        try:
+            wait_until(condition, proc)
+            proc.send_signal(signal.SIGTERM)  # to the sweep's process only, not its group
+            return proc.wait(timeout=120), proc.communicate()[1]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    code, stderr = interrupt(lambda: all(logged_steps(d) for d in running))
+    assert code == 143 and "Traceback" not in stderr, stderr
+    assert "sweep stopped by SIGTERM: 2 runs interrupted, 1 not started" in stderr
+    assert "Rerun the same command to resume the sweep" in stderr
+    stopped = {}
+    for d in running:
+        record = status(d)
+        assert record["status"] == "interrupted" and record["step"] >= 1 and (d / "ckpt.pt").exists()
+        assert f"  interrupted  {d.name}\n" in stderr
+        stopped[d] = (record["step"], (d / "stdout.log").stat().st_size)
+    assert not (queued / "run.json").exists() and not (queued / "stdout.log").exists()
+
+    code, stderr = interrupt(lambda: all(logged_steps(d, after=size) for d, (_, size) in stopped.items()))
+    assert code == 143, stderr
+    for d, (step, size) in stopped.items():
+        assert logged_steps(d, after=size)[0] == step + 1  # resumed where it stopped, not from step 1
+        assert status(d)["status"] == "interrupted" and status(d)["step"] > step
 
 
 def test_submitit_backend_runs_a_two_run_sweep(tmp_path, tiny_corpus):
@@ -174,23 +259,16 @@ def test_workers_get_their_own_gpus_or_a_share_of_the_threads(monkeypatch):
 
 def test_shipped_sweeps_are_valid_and_dry_run_prints_gpu_hours(tmp_path, capsys):
     files = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
-    sweeps = {f.stem: sweep.load_sweep(f, tmp_path) for f in files if f.stem != "tiny_base"}
+    sweeps = {f.stem: grid.load_sweep(f, tmp_path) for f in files if f.stem != "tiny_base"}
     assert len(sweeps["width"].runs) == 2 * 6 * 6 and len(sweeps["depth"].runs) == 2 * 7 * 5
     assert {r.config.model.norm for r in sweeps["depth_noln"].runs} == {"none"}
     assert all(f"tiny_{name}" in sweeps for name in sweeps if not name.startswith("tiny_"))
     assert sweep.main([str(ROOT / "configs" / "sweeps" / "width.yaml"), "--out", str(tmp_path), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len([ln for ln in lines if ln.startswith("run ")]) == 72 and "H100-hours" in lines[-2]
+    per_run = [ln for ln in lines if ln.startswith("run ")]
+    assert len(per_run) == 72 and all(re.search(r"  [0-9.e+-]+ GPU-h$", ln) for ln in per_run)
+    assert lines[-2].startswith("72 runs (72 to run): 23.4 H100-hours (23.4 to run), training FLOPs")
     assert not list(tmp_path.iterdir())
-
-
-def test_flop_count_is_6n_plus_attention():
-    """The dry run's FLOPs per token: 6 x (matmul parameters, LM head included) + 12 L n T."""
-    cfg = sweep.load_sweep(ROOT / "configs" / "sweeps" / "width.yaml", ROOT / "out").runs[-1].config
-    n, L, T, V = cfg.model.n_embd, cfg.model.n_layer, cfg.model.block_size, cfg.model.vocab_size
-    matmul_params = L * 12 * n * n + V * n
-    expected = 6 * matmul_params + 12 * L * n * T
-    assert sweep.train_flops(cfg) / (1221 * 240 * T) == pytest.approx(expected, rel=2e-3)
 
 
 def test_the_batch_must_divide_across_each_runs_gpus(tmp_path, capsys):
@@ -202,11 +280,61 @@ def test_the_batch_must_divide_across_each_runs_gpus(tmp_path, capsys):
 def test_finished_runs_of_another_config_are_not_silently_kept(tmp_path, launches, capsys):
     path = write_sweep(tmp_path / "s.yaml", {"model.n_embd": [32, 64]}, {"model.head_dim": 32})
     out = tmp_path / "out"
-    runs = sweep.load_sweep(path, out).runs
+    runs = grid.load_sweep(path, out).runs
     for run in runs:
         run.dir.mkdir(parents=True)
-        (run.dir / "run.json").write_text(json.dumps({"status": "done", "config": sweep.to_dict(run.config)}))
+        (run.dir / "run.json").write_text(json.dumps({"status": "done", "config": to_dict(run.config)}))
     assert sweep.main([str(path), "--out", str(out)]) == 0 and launches == []  # same config: skipped
     write_sweep(tmp_path / "s.yaml", {"model.n_embd": [32, 64]}, {"model.head_dim": 32, "optim.lr": 0.01})
     assert sweep.main([str(path), "--out", str(out)]) == 2 and launches == []
     assert "2 finished runs" in capsys.readouterr().err
+
+
+# What `python scripts/sweep.py SWEEP --out DIR --dry-run` ends with (its format is pinned by the shipped
+# sweeps' test above); the fake python below answers with it, saving six processes that count FLOPs.
+DRY_RUN_TAIL = """run   n_embd=64,log2_lr=-7  300.1M tokens  0.109 GFLOP/token  0.0229 GPU-h
+12 runs (10 to run): 1.5 H100-hours (1.25 to run), training FLOPs 2.1e+18 (1.8e+18 to run) at 40% MFU ...
+first command: python train.py ...
+"""
+
+
+def reproduce(tmp_path, *args):
+    """scripts/reproduce.sh with a `python` that logs each call and answers sweep.py --dry-run with
+    DRY_RUN_TAIL (any other call runs), outputs under tmp_path/out."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir(exist_ok=True)
+    (tmp_path / "dry_run.txt").write_text(DRY_RUN_TAIL)
+    (bin_dir / "python").write_text(
+        f'#!/bin/bash\necho "$*" >> {calls}\n'
+        f'if [[ "$1" == scripts/sweep.py && "$*" == *--dry-run* ]]; then cat {tmp_path / "dry_run.txt"}; exit 0; fi\n'
+        f'exec {sys.executable} "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce.sh"), *args], env=env, capture_output=True,
+                          text=True)
+    return done, calls.read_text().splitlines() if calls.exists() else []
+
+
+@pytest.mark.parametrize("args", [(), ("--dry-run",), ("all",)])
+def test_reproduce_without_a_mode_prints_usage_and_runs_nothing(tmp_path, args):
+    done, calls = reproduce(tmp_path, *args)
+    assert done.returncode == 2 and done.stderr.startswith("usage: ") and "paper|tiny [--dry-run]" in done.stderr
+    assert calls == [] and done.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_reproduce_dry_run_lists_the_commands_and_their_gpu_hours(tmp_path):
+    done, calls = reproduce(tmp_path, "paper", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    out = tmp_path / "out"
+    assert lines[0] == "python -m data.prepare openwebtext --tokenizer gpt2"
+    assert lines[1] == f"python scripts/coord_check.py configs/coord/width.yaml --out {out}/coord_width"
+    assert lines[3] == (f"python scripts/sweep.py configs/sweeps/width.yaml --out {out}/width"
+                        "   # 12 runs (10 to run): 1.5 H100-hours (1.25 to run)")
+    assert lines[4] == f"python scripts/plot.py {out}/width"
+    sweeps = [ln for ln in lines if ln.startswith("python scripts/sweep.py")]
+    assert [ln.split()[2] for ln in sweeps] == [f"configs/sweeps/{name}.yaml" for name in
+                                                ("width", "depth", "depth_noln", "depth_k1", "wd_width", "width_muon")]
+    assert lines[-1] == "# all sweeps: 72 runs (60 to run), 9 H100-hours (7.5 to run)"
+    assert len(calls) == 6 and all(c.startswith("scripts/sweep.py") and c.endswith("--dry-run") for c in calls)
+    assert not out.exists()
