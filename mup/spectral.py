@@ -1,7 +1,8 @@
 """Spectral diagnostics: Condition 3.1 of docs/SPEC-mup.md measured on a live model.
 
 muP is derived from RMS operator norms, ||W||_R = sqrt(in/out) ||W||_2 for W in R^{out x in}: the input
-and output layers must keep alpha ||W||_R and alpha ||dW||_R at Theta(1), and each residual branch
+and output layers must keep alpha ||W|| and alpha ||dW|| at Theta(1), each in the norm of what it maps (one-hot
+tokens to h: `one_hot_norm`; h to logits: `max_logit_norm`), and each residual branch
 alpha W2 W1 (attention's value path v -> o, the MLP's fc -> proj) must keep every product of
 ||W2||_R or ||dW2||_R with ||W1||_R or ||dW1||_R at Theta(1/L). Call `snapshot` before an optimizer step
 and `report` after it to read those numbers off one update.
@@ -64,31 +65,49 @@ def snapshot(model, table) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in _matrices(model, table).items()}
 
 
+def one_hot_norm(W: torch.Tensor) -> torch.Tensor:
+    """||W||_{1->R} of an embedding stored (vocab, n): the largest RMS of a token's vector, i.e. of W x over
+    one-hot inputs x. Flat under muP whatever the vocabulary, where ||W||_R = sqrt(vocab/n) ||W||_2 grows with
+    vocab / sqrt(n) once vocab >> n."""
+    return W.float().norm(dim=-1).max() / math.sqrt(W.shape[-1])
+
+
+def max_logit_norm(W: torch.Tensor) -> torch.Tensor:
+    """||W||_{R->inf} of a head (vocab, n): the largest logit |w_i . h| over inputs h of unit RMS, sqrt(n) times
+    the largest row norm. The logits' scale is what the output layer must keep Theta(1)."""
+    return W.float().norm(dim=-1).max() * math.sqrt(W.shape[-1])
+
+
 @torch.no_grad()
 def report(model, table, before: dict[str, torch.Tensor]) -> dict[str, float]:
-    """||W||_R (W after the step) and ||dW||_R (dW = W - before) of every matrix, and Condition 3.1's
+    """Norms of every matrix after the step (W) and of its update (dW = W - before), and Condition 3.1's
     products, as flat metrics:
-    spec/<matrix>/W, spec/<matrix>/dW; spec/<input or head>/alpha_W, alpha_dW;
+    spec/<hidden matrix>/W, dW: the RMS operator norm ||.||_R;
+    spec/<embedding>/W_1toR, dW_1toR, alpha_W_1toR, alpha_dW_1toR: one_hot_norm, times alpha_in;
+    spec/head/W_Rtoinf, dW_Rtoinf, alpha_W_Rtoinf, alpha_dW_Rtoinf: max_logit_norm, times alpha_out;
     spec/blocks.<i>.<attn|mlp>/alpha_W2_W1, alpha_dW2_W1, alpha_W2_dW1, alpha_dW2_dW1."""
     roles = {rec.name: rec.role for rec in table}
     alpha = {rec.name.removesuffix(".weight"): rec.multiplier for rec in table}
-    ops, deltas = {}, {}
+    hidden, deltas, metrics = {}, {}, {}
     for name, W in _matrices(model, table).items():
         key, delta = name.removesuffix(".weight"), W - before[name]
-        # nn.Embedding stores (vocab, n); the map one-hot -> h_0 is its transpose
-        ops[key], deltas[key] = (W.T, delta.T) if roles[name] == "input" else (W, delta)
-    if "head" not in ops:  # tied: the head is the embedding matrix read the other way, with its own alpha_out
-        head = model.head.weight
-        tied = next(name for name, p in model.named_parameters() if p is head)
-        ops["head"], deltas["head"], alpha["head"] = head, head - before[tied], model.head.alpha_out
-    W, dW = _rms_norms(ops), _rms_norms(deltas)
-
-    metrics = {}
-    for key in ops:
+        if roles[name] == "hidden":
+            hidden[key], deltas[key] = W, delta
+            continue
+        norm, suffix = (one_hot_norm, "1toR") if roles[name] == "input" else (max_logit_norm, "Rtoinf")
+        for what, M in (("W", W), ("dW", delta)):
+            value = norm(M).item()
+            metrics[f"spec/{key}/{what}_{suffix}"] = value
+            metrics[f"spec/{key}/alpha_{what}_{suffix}"] = alpha[key] * value
+    if model.head.weight is model.embed.wte.weight:  # tied: the embedding read the other way, with alpha_out
+        W, delta = model.head.weight, model.head.weight - before["embed.wte.weight"]
+        for what, M in (("W", W), ("dW", delta)):
+            value = max_logit_norm(M).item()
+            metrics[f"spec/head/{what}_Rtoinf"] = value
+            metrics[f"spec/head/alpha_{what}_Rtoinf"] = model.head.alpha_out * value
+    W, dW = _rms_norms(hidden), _rms_norms(deltas)
+    for key in hidden:
         metrics[f"spec/{key}/W"], metrics[f"spec/{key}/dW"] = W[key], dW[key]
-        if key == "head" or roles.get(f"{key}.weight") == "input":
-            metrics[f"spec/{key}/alpha_W"] = alpha[key] * W[key]
-            metrics[f"spec/{key}/alpha_dW"] = alpha[key] * dW[key]
         for branch, (first, second) in BRANCHES.items():
             if key.endswith(f".{branch}.{first}"):
                 prefix = key.removesuffix(f".{first}")

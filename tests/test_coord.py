@@ -172,7 +172,7 @@ def test_script_outputs(tmp_path):
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == coord.SPECTRAL_COLUMNS
         keys = {r["key"] for r in reader}
-    assert "spec/blocks.1.mlp/alpha_dW2_W1" in keys and "spec/head/alpha_W" in keys
+    assert "spec/blocks.1.mlp/alpha_dW2_W1" in keys and "spec/head/alpha_W_Rtoinf" in keys
 
     png = out / "coord.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
