@@ -111,8 +111,9 @@ class OptimConfig:
     ns_steps: int = key(5, "Newton-Schulz iterations of Muon and SSO", POSITIVE)
     ns_dtype: Literal["auto", "float32", "bfloat16"] = key(
         "auto", "Newton-Schulz precision; auto: bf16 on CUDA, fp32 on CPU (SSO: fp32 everywhere, as its paper)")
-    precondition_interval: int = key(
-        10, "shampoo: steps between inverse-root recomputations; soap: between eigenbasis refreshes", POSITIVE)
+    precondition_interval: int | None = key(
+        None, "steps between refreshes of shampoo's inverse roots or soap's eigenbasis; null: each paper's, 1 for"
+              " shampoo (Algorithm 1), 10 for soap", POSITIVE)
     hessian_interval: int = key(10, "sophia: steps between Gauss-Newton-Bartlett Hessian estimates (k)", POSITIVE)
     sophia_rho: float = key(0.04, "sophia: scale rho of the Hessian in the denominator max(rho h, eps)", POSITIVE)
     sophia_clip: float = key(1.0, "sophia: each coordinate of the update is clipped to [-clip, clip]", POSITIVE)

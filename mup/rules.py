@@ -1,21 +1,28 @@
 """The parameterization rules of Zheng et al. (2026), "Spectral Condition for muP under Width-Depth
-Scaling", as exponents: every hyperparameter is its base value x r_n^a x r_L^b with r_n = n / n_base and
-r_L = L / L_base, and each entry below is the pair (a, b). Hold this file next to docs/SPEC-mup.md.
+Scaling", as exponents. Every hyperparameter is its base value x r_n^width x r_L^depth, with r_n = n / n_base and
+r_L = L / L_base, written `Exp(width=..., depth=...)`. Hold this file next to docs/SPEC-mup.md: each row ends in
+its closed form for k >= 2 (`mup`) and for k = 1 (`mup_k1`).
 
-`d` is the depth exponent alpha_d: 1 for blocks of k >= 2 transformations (attention, MLP: `mup`),
-1/2 for one-transformation blocks (`mup_k1`). One formula in d reproduces both the k >= 2 tables
-(A-D) and the k = 1 table exactly.
+`d` is the depth exponent alpha_d: 1 for blocks of k >= 2 transformations (attention, MLP), 1/2 for
+one-transformation blocks. The spec's general form in d reproduces both tables exactly, and any alpha_d in
+[1/2, 1] between them gives a CompleteP-style interpolation (`scaling.depth_exponent`). sp and mup_width are
+these rules seen at r_n = r_L = 1 and at r_L = 1; mup/scaling.py:ratios is the one place that says so.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
-ROLES = ("input", "hidden", "hidden_vector", "output", "final_norm")
+# alpha_d of the parameterizations that scale depth, unless scaling.depth_exponent sets it
+DEPTH_EXPONENT = {"mup": 1.0, "mup_k1": 0.5}
 
-# d for each parameterization; `sp` and `mup_width` are these rules evaluated at r_n = r_L = 1 and at
-# r_L = 1 respectively (see `ratios` in mup/scaling.py), so they need no tables of their own.
-DEPTH_EXPONENT = {"sp": 1.0, "mup": 1.0, "mup_k1": 0.5, "mup_width": 1.0}
 
-Exp = tuple[float, float]  # (exponent of r_n, exponent of r_L)
+class Exp(NamedTuple):
+    """The factor r_n^width x r_L^depth of a hyperparameter over its base value."""
+    width: float = 0.0
+    depth: float = 0.0
+
+
+BASE = Exp()  # the base value at every shape
 
 
 @dataclass(frozen=True)
@@ -31,58 +38,150 @@ class Forward:
 class Update:
     lr: Exp
     wd: Exp
-    eps: Exp | None = None  # AdamW only
+    eps: Exp | None = None  # None: the optimizer has no epsilon (Muon, SSO, SGD, Lion)
 
 
 def forward(d: float) -> dict[str, Forward]:
-    """Init variance and block multiplier: the same for every optimizer (Tables A-D rows 1-2)."""
+    """Init variance and block multiplier: the same for every optimizer (rows 1-2 of Tables A-E)."""
     return {
-        "input": Forward(init_var=(0, 0), multiplier=(0, 0)),
-        "hidden": Forward(init_var=(-1, 0), multiplier=(0, -d)),
+        "input": Forward(
+            init_var=BASE,                    # k>=2: sigma^2                  k=1: sigma^2
+            multiplier=BASE,                  # k>=2: alpha                    k=1: alpha
+        ),
+        "hidden": Forward(
+            init_var=Exp(width=-1),           # k>=2: sigma^2 / r_n            k=1: sigma^2 / r_n
+            multiplier=Exp(depth=-d),         # k>=2: alpha / r_L              k=1: alpha / sqrt(r_L)
+        ),
         "hidden_vector": Forward(init_var=None, multiplier=None),
-        "output": Forward(init_var=(0, 0), multiplier=(-1, 0)),
+        "output": Forward(
+            init_var=BASE,                    # k>=2: sigma^2                  k=1: sigma^2
+            multiplier=Exp(width=-1),         # k>=2: alpha / r_n              k=1: alpha / r_n
+        ),
         "final_norm": Forward(init_var=None, multiplier=None),
     }
 
 
 def muon_kimi(d: float) -> dict[str, Update]:
-    """Table A (k >= 2: eta / sqrt(r_n)); k = 1: eta / sqrt(r_n r_L). Hidden matrices only."""
-    return {"hidden": Update(lr=(-0.5, d - 1), wd=(0.5, 0))}
+    """Table A and the k = 1 Muon-Kimi row. Hidden matrices only."""
+    return {"hidden": Update(
+        lr=Exp(width=-0.5, depth=d - 1),      # k>=2: eta / sqrt(r_n)          k=1: eta / sqrt(r_n r_L)
+        wd=Exp(width=0.5),                    # k>=2: lambda sqrt(r_n)         k=1: lambda sqrt(r_n)
+    )}
 
 
 def muon(d: float) -> dict[str, Update]:
-    """Table C, original Muon scaling (k >= 2: eta; k = 1: eta / sqrt(r_L)). Hidden matrices only."""
-    return {"hidden": Update(lr=(0, d - 1), wd=(0, 0))}
+    """Table C (original Muon scaling) and the k = 1 Muon row. Hidden matrices only."""
+    return {"hidden": Update(
+        lr=Exp(depth=d - 1),                  # k>=2: eta                      k=1: eta / sqrt(r_L)
+        wd=BASE,                              # k>=2: lambda                   k=1: lambda
+    )}
+
+
+def shampoo(d: float) -> dict[str, Update]:
+    """Table C (Muon, also Shampoo) with v2's Shampoo epsilon row, general form r_L^(-2 alpha_d); the k = 1
+    row. Hidden matrices only. The epsilon regularizes L = sum G G^T, a squared gradient."""
+    return {"hidden": Update(
+        lr=Exp(depth=d - 1),                  # k>=2: eta                      k=1: eta / sqrt(r_L)
+        wd=BASE,                              # k>=2: lambda                   k=1: lambda
+        eps=Exp(depth=-2 * d),                # k>=2: eps / r_L^2              k=1: eps / r_L
+    )}
+
+
+def soap(d: float) -> dict[str, Update]:
+    """Table C (Muon, also SOAP) and the k = 1 row. Hidden matrices only. The paper gives SOAP no epsilon row;
+    SOAP's epsilon is Adam's, added to the root of the second moment of the rotated gradient, so it is in
+    gradient units where Shampoo's is in squared units: this row is the square root of Shampoo's (derived
+    here, not printed in the paper)."""
+    return {"hidden": Update(
+        lr=Exp(depth=d - 1),                  # k>=2: eta                      k=1: eta / sqrt(r_L)
+        wd=BASE,                              # k>=2: lambda                   k=1: lambda
+        eps=Exp(depth=-d),                    # k>=2: eps / r_L                k=1: eps / sqrt(r_L)
+    )}
+
+
+def sso(d: float) -> dict[str, Update]:
+    """Table E and the k = 1 SSO row. Hidden matrices only."""
+    return {"hidden": Update(
+        lr=Exp(depth=d - 1),                  # k>=2: eta                      k=1: eta / sqrt(r_L)
+        wd=BASE,                              # k>=2: lambda                   k=1: lambda
+    )}
 
 
 def adamw(d: float) -> dict[str, Update]:
-    """Table B (AdamW, Lion, Sophia) and the k = 1 AdamW row."""
+    """Table B (AdamW, also Lion and Sophia) and the k = 1 AdamW row; the final norm as the spec says."""
     return {
-        "input": Update(lr=(0, 0), wd=(0, 0), eps=(-1, 0)),
-        "hidden": Update(lr=(-1, d - 1), wd=(1, 0), eps=(-1, -d)),
-        "hidden_vector": Update(lr=(0, d - 1), wd=(0, 0), eps=(-1, -d)),
-        "output": Update(lr=(0, 0), wd=(0, 0), eps=(-1, 0)),
-        "final_norm": Update(lr=(0, 0), wd=(0, 0), eps=(-1, 0)),
+        "input": Update(
+            lr=BASE,                          # k>=2: eta                      k=1: eta
+            wd=BASE,                          # k>=2: lambda                   k=1: lambda
+            eps=Exp(width=-1),                # k>=2: eps / r_n                k=1: eps / r_n
+        ),
+        "hidden": Update(
+            lr=Exp(width=-1, depth=d - 1),    # k>=2: eta / r_n                k=1: eta / (r_n sqrt(r_L))
+            wd=Exp(width=1),                  # k>=2: lambda r_n               k=1: lambda r_n
+            eps=Exp(width=-1, depth=-d),      # k>=2: eps / (r_n r_L)          k=1: eps / (r_n sqrt(r_L))
+        ),
+        "hidden_vector": Update(
+            lr=Exp(depth=d - 1),              # k>=2: eta                      k=1: eta / sqrt(r_L)
+            wd=BASE,                          # k>=2: lambda                   k=1: lambda
+            eps=Exp(width=-1, depth=-d),      # k>=2: eps / (r_n r_L)          k=1: eps / (r_n sqrt(r_L))
+        ),
+        "output": Update(
+            lr=BASE,                          # k>=2: eta                      k=1: eta
+            wd=BASE,                          # k>=2: lambda                   k=1: lambda
+            eps=Exp(width=-1),                # k>=2: eps / r_n                k=1: eps / r_n
+        ),
+        "final_norm": Update(
+            lr=BASE,                          # k>=2: eta                      k=1: eta
+            wd=BASE,                          # k>=2: lambda                   k=1: lambda
+            eps=Exp(width=-1),                # k>=2: eps / r_n                k=1: eps / r_n
+        ),
     }
+
+
+def lion(d: float) -> dict[str, Update]:
+    """Table B without its epsilon row: Lion's update is a sign and has no epsilon."""
+    return {role: replace(u, eps=None) for role, u in adamw(d).items()}
 
 
 def sgd(d: float) -> dict[str, Update]:
     """Table D and the k = 1 SGD row; the final norm is input-like (no depth factor)."""
     return {
-        "input": Update(lr=(1, 0), wd=(-1, 0)),
-        "hidden": Update(lr=(0, 2 * d - 1), wd=(0, -d)),
-        "hidden_vector": Update(lr=(1, 2 * d - 1), wd=(-1, -d)),
-        "output": Update(lr=(1, 0), wd=(-1, 0)),
-        "final_norm": Update(lr=(1, 0), wd=(-1, 0)),
+        "input": Update(
+            lr=Exp(width=1),                  # k>=2: eta r_n                  k=1: eta r_n
+            wd=Exp(width=-1),                 # k>=2: lambda / r_n             k=1: lambda / r_n
+        ),
+        "hidden": Update(
+            lr=Exp(depth=2 * d - 1),          # k>=2: eta r_L                  k=1: eta
+            wd=Exp(depth=-d),                 # k>=2: lambda / r_L             k=1: lambda / sqrt(r_L)
+        ),
+        "hidden_vector": Update(
+            lr=Exp(width=1, depth=2 * d - 1),  # k>=2: eta r_L r_n              k=1: eta r_n
+            wd=Exp(width=-1, depth=-d),       # k>=2: lambda / (r_L r_n)       k=1: lambda / (r_n sqrt(r_L))
+        ),
+        "output": Update(
+            lr=Exp(width=1),                  # k>=2: eta r_n                  k=1: eta r_n
+            wd=Exp(width=-1),                 # k>=2: lambda / r_n             k=1: lambda / r_n
+        ),
+        "final_norm": Update(
+            lr=Exp(width=1),                  # k>=2: eta r_n                  k=1: eta r_n
+            wd=Exp(width=-1),                 # k>=2: lambda / r_n             k=1: lambda / r_n
+        ),
     }
 
 
-UPDATES = {"muon_kimi": muon_kimi, "muon": muon, "adamw": adamw, "sgd": sgd}
+# Sophia's row is AdamW's, epsilon included (Table B)
+UPDATES = {"muon_kimi": muon_kimi, "muon": muon, "shampoo": shampoo, "soap": soap, "sso": sso, "adamw": adamw,
+           "lion": lion, "sophia": adamw, "sgd": sgd}
 
 # optim.name -> (optimizer of hidden matrices, optimizer of every other tensor)
 FAMILIES = {
     "muon_kimi": ("muon_kimi", "adamw"),
     "muon": ("muon", "adamw"),
+    "shampoo": ("shampoo", "adamw"),
+    "soap": ("soap", "adamw"),
+    "sso": ("sso", "adamw"),
     "adamw": ("adamw", "adamw"),
+    "lion": ("lion", "lion"),
+    "sophia": ("sophia", "sophia"),
     "sgd": ("sgd", "sgd"),
 }

@@ -6,10 +6,11 @@ groups (optim/); nothing else in the code multiplies by a width or depth ratio.
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 
-from config import Config
+from config import Config, ConfigError
 from model import GPT
 from mup import rules
 
@@ -23,29 +24,44 @@ class TensorHP:
     multiplier: float  # block multiplier of the branch the tensor belongs to
     lr: float
     weight_decay: float
-    eps: float | None  # None: not optimized by AdamW
-    optimizer: str  # muon_kimi | muon | adamw | sgd
+    eps: float | None  # None: its optimizer has no epsilon
+    optimizer: str  # one of mup.rules.UPDATES
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def ratios(cfg: Config) -> tuple[float, float]:
-    """(r_n, r_L) as the parameterization sees them: SP sees the base shape everywhere."""
-    p = cfg.scaling.parameterization
-    r_n = cfg.model.n_embd / cfg.scaling.base_width
-    r_L = cfg.model.n_layer / cfg.scaling.base_depth
-    return {"sp": (1.0, 1.0), "mup_width": (r_n, 1.0)}.get(p, (r_n, r_L))
+class Ratios(NamedTuple):
+    r_n: float
+    r_L: float
+    depth_exponent: float  # alpha_d
 
 
-def _scale(exp, r_n: float, r_L: float) -> float:
-    return r_n ** exp[0] * r_L ** exp[1]
+def ratios(cfg: Config) -> Ratios:
+    """(r_n, r_L, alpha_d) as the parameterization sees them; the one place where sp and mup_width differ from
+    the rules. sp sees the base shape everywhere (the paper's SP baseline), mup_width sees r_L = 1; with r_L = 1
+    alpha_d has no effect, and scaling.depth_exponent is not used."""
+    s = cfg.scaling
+    r_n, r_L = cfg.model.n_embd / s.base_width, cfg.model.n_layer / s.base_depth
+    if s.parameterization == "sp":
+        return Ratios(1.0, 1.0, 1.0)
+    if s.parameterization == "mup_width":
+        return Ratios(r_n, 1.0, 1.0)
+    d = rules.DEPTH_EXPONENT[s.parameterization] if s.depth_exponent is None else s.depth_exponent
+    if not 0.5 <= d <= 1.0:  # the key's bound checks >= 1/2 at load time
+        raise ConfigError(f"scaling.depth_exponent: must lie in [0.5, 1] (1: mup, 0.5: mup_k1), got {d:g}")
+    return Ratios(r_n, r_L, d)
+
+
+def _scale(exp: rules.Exp, r_n: float, r_L: float) -> float:
+    width, depth = exp  # an Exp, or a plain (width, depth) pair
+    return r_n**width * r_L**depth
 
 
 def multipliers(cfg: Config) -> dict[str, float]:
     """Keyword arguments of model.GPT: the forward multipliers at this shape."""
-    f = rules.forward(rules.DEPTH_EXPONENT[cfg.scaling.parameterization])
-    (r_n, r_L), s = ratios(cfg), cfg.scaling
+    r_n, r_L, d = ratios(cfg)
+    f, s = rules.forward(d), cfg.scaling
     return {
         "alpha_in": s.alpha_in * _scale(f["input"].multiplier, r_n, r_L),
         "alpha_attn": s.alpha_attn * _scale(f["hidden"].multiplier, r_n, r_L),
@@ -70,8 +86,8 @@ def role_and_branch(name: str, param: torch.nn.Parameter) -> tuple[str, str]:
 
 def scaling_table(cfg: Config, model: torch.nn.Module) -> list[TensorHP]:
     """One record per trainable parameter (tied tensors once, under their first name)."""
-    d = rules.DEPTH_EXPONENT[cfg.scaling.parameterization]
-    forward, (r_n, r_L), o = rules.forward(d), ratios(cfg), cfg.optim
+    (r_n, r_L, d), o = ratios(cfg), cfg.optim
+    forward = rules.forward(d)
     hidden_opt, other_opt = rules.FAMILIES[o.name]
     alphas = multipliers(cfg)
     table = []
@@ -82,16 +98,15 @@ def scaling_table(cfg: Config, model: torch.nn.Module) -> list[TensorHP]:
         opt = hidden_opt if role == "hidden" else other_opt
         update = rules.UPDATES[opt](d)[role]
         var = forward[role].init_var
-        lr = o.lr * _scale(update.lr, r_n, r_L) * (o.adamw_lr_ratio if opt == "adamw" else 1.0)
         table.append(TensorHP(
             name=name,
             role=role,
             shape=list(p.shape),
             init_std=None if var is None else cfg.scaling.init_std * math.sqrt(_scale(var, r_n, r_L)),
             multiplier=alphas[branch] if branch else 1.0,
-            lr=lr,
+            lr=o.lr * _scale(update.lr, r_n, r_L) * (o.adamw_lr_ratio if opt == "adamw" else 1.0),
             weight_decay=o.weight_decay * _scale(update.wd, r_n, r_L),
-            eps=o.eps * _scale(update.eps, r_n, r_L) if opt == "adamw" else None,
+            eps=None if update.eps is None else o.eps * _scale(update.eps, r_n, r_L),
             optimizer=opt,
         ))
     return table

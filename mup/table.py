@@ -1,16 +1,18 @@
 """Print the scaling table of a config: python -m mup.table [CONFIG.yaml] [key=value ...] [--json]
 
 --json prints a list of records {name, role, shape, init_std, multiplier, lr, weight_decay, eps,
-optimizer} for other tools; without it, a table a reader can hold next to docs/SPEC-mup.md.
+optimizer} for other tools (`optimizer`: the optimizer of that tensor; `eps`: null where it has no epsilon);
+without it, a table a reader can hold next to docs/SPEC-mup.md.
 """
 
 import argparse
 import json
+import os
 import sys
 
 import torch
 
-from config import ConfigError, load_config
+from config import ConfigError, load_config, split_command_line
 from model import GPT
 from mup.scaling import multipliers, ratios, scaling_table
 
@@ -22,33 +24,33 @@ def table_for(cfg):
 
 
 def format_table(cfg, table) -> str:
-    r_n, r_L = ratios(cfg)
+    r_n, r_L, d = ratios(cfg)
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     rows = [("name", "role", "shape", "init_std", "mult", "lr", "wd", "eps", "optimizer")]
     rows += [(t.name, t.role, "x".join(map(str, t.shape)), fmt(t.init_std), fmt(t.multiplier), fmt(t.lr),
               fmt(t.weight_decay), fmt(t.eps), t.optimizer) for t in table]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"{cfg.scaling.parameterization}, {cfg.optim.name}: n={cfg.model.n_embd} L={cfg.model.n_layer}"
-             f" (base {cfg.scaling.base_width}, {cfg.scaling.base_depth}; r_n={r_n:g}, r_L={r_L:g})"]
+             f" (base {cfg.scaling.base_width}, {cfg.scaling.base_depth}; r_n={r_n:g}, r_L={r_L:g}, alpha_d={d:g})"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("config", nargs="?", help="YAML config (default: the embedded default)")
-    ap.add_argument("overrides", nargs="*", help="key=value")
+    ap.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]; no CONFIG: the embedded default")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_intermixed_args(argv)
-    if args.config and "=" in args.config:
-        args.overrides.insert(0, args.config)
-        args.config = None
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(*split_command_line(args.args))
+        table = table_for(cfg)  # checks what a key's bound cannot: scaling.depth_exponent <= 1
     except ConfigError as e:
         sys.exit(f"config error: {e}")
-    table = table_for(cfg)
-    print(json.dumps([t.to_json() for t in table], indent=1) if args.json else format_table(cfg, table))
+    try:
+        print(json.dumps([t.to_json() for t in table], indent=1) if args.json else format_table(cfg, table))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `... | head` closed the pipe: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and Python's exit flush stays quiet
 
 
 if __name__ == "__main__":

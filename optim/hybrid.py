@@ -1,5 +1,6 @@
-"""The hybrid optimizer: one object that steps Muon(-Kimi) for hidden matrices and AdamW (or SGD) for
-everything else, with param groups built straight from the scaling table."""
+"""The hybrid optimizer: one object that steps the optimizer of the hidden matrices (Muon(-Kimi), Shampoo,
+SOAP, SSO) and AdamW for everything else, or one element-wise optimizer (AdamW, Lion, Sophia, SGD) for every
+tensor, with param groups built straight from the scaling table."""
 
 from collections import defaultdict
 
@@ -8,10 +9,14 @@ import torch
 from config import Config
 from mup.scaling import TensorHP
 from optim.muon import Muon
+from optim.shampoo import Shampoo
+from optim.sophia import SophiaG, sampled_label_backward
+from optim.sso import SSO
 
 
 class Hybrid:
-    """Several torch optimizers behind one step / zero_grad / state_dict / param_groups."""
+    """Several torch optimizers behind one step / zero_grad / state_dict / param_groups, and the curvature hook
+    of the training loop (Sophia's Hessian estimate; a no-op for every other optimizer)."""
 
     def __init__(self, optimizers: dict[str, torch.optim.Optimizer]):
         self.optimizers = optimizers
@@ -27,6 +32,23 @@ class Hybrid:
     def step(self) -> None:
         for opt in self.optimizers.values():
             opt.step()
+
+    def wants_curvature(self, step: int) -> bool:
+        """Whether the loop should call `update_curvature` after 0-based step `step`: Sophia after every
+        optim.hessian_interval-th step; never for the other optimizers."""
+        return any(isinstance(opt, SophiaG) and opt.hessian_due(step) for opt in self.optimizers.values())
+
+    def update_curvature(self, model: torch.nn.Module, x: torch.Tensor, autocast, seed: int) -> None:
+        """Sophia's Gauss-Newton-Bartlett estimate on inputs x (model may be DDP-wrapped; model(x) returns
+        (logits, None)): a backward against labels sampled with `seed`, the Hessian EMA updated from its
+        gradients, the gradients zeroed. Called after step() and zero_grad() of the step."""
+        sophias = [opt for opt in self.optimizers.values() if isinstance(opt, SophiaG)]
+        if not sophias:
+            return
+        tokens = sampled_label_backward(model, x, autocast, seed)
+        for opt in sophias:
+            opt.update_hessian(tokens)
+        model.zero_grad(set_to_none=True)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers.values():
@@ -46,6 +68,22 @@ def ns_dtype(cfg: Config, device: torch.device) -> torch.dtype:
     if cfg.optim.ns_dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, cfg.optim.ns_dtype)
+
+
+# optim.precondition_interval when null: Shampoo's Algorithm 1 recomputes its roots every step (stale roots
+# blow up on directions the statistics have not seen: see optim/shampoo.py), SOAP's paper refreshes every 10
+PRECONDITION_INTERVAL = {"shampoo": 1, "soap": 10}
+
+
+def pytorch_optimizer():
+    """The pytorch_optimizer package (Lion, SOAP), imported only when one of them is chosen: its import loads
+    its whole collection of optimizers."""
+    try:
+        import pytorch_optimizer
+    except ImportError as e:
+        raise ImportError("optim.name lion and soap use the pytorch_optimizer package: "
+                          "pip install pytorch_optimizer (it is in requirements.txt)") from e
+    return pytorch_optimizer
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module, table: list[TensorHP]) -> Hybrid:
@@ -69,12 +107,23 @@ def build_optimizer(cfg: Config, model: torch.nn.Module, table: list[TensorHP]) 
         by_opt[opt].append(group)
 
     o, device = cfg.optim, next(model.parameters()).device
+    betas = tuple(o.betas)
+    interval = {name: k if o.precondition_interval is None else o.precondition_interval
+                for name, k in PRECONDITION_INTERVAL.items()}
     make = {
         "muon_kimi": lambda g: Muon(g, adjust_lr_fn="match_rms_adamw", momentum=o.momentum, nesterov=o.nesterov,
                                     ns_steps=o.ns_steps, ns_dtype=ns_dtype(cfg, device)),
         "muon": lambda g: Muon(g, adjust_lr_fn="original", momentum=o.momentum, nesterov=o.nesterov,
                                ns_steps=o.ns_steps, ns_dtype=ns_dtype(cfg, device)),
-        "adamw": lambda g: torch.optim.AdamW(g, betas=tuple(o.betas), fused=device.type == "cuda"),
+        "shampoo": lambda g: Shampoo(g, precondition_interval=interval["shampoo"]),
+        "soap": lambda g: pytorch_optimizer().SOAP(g, betas=betas, precondition_frequency=interval["soap"]),
+        # msign inside lambda's bisection in float32 unless asked otherwise: the paper keeps it there
+        "sso": lambda g: SSO(g, momentum=o.momentum, nesterov=o.nesterov, radius=o.sso_radius, ns_steps=o.ns_steps,
+                             ns_dtype=torch.float32 if o.ns_dtype == "auto" else getattr(torch, o.ns_dtype)),
+        "adamw": lambda g: torch.optim.AdamW(g, betas=betas, fused=device.type == "cuda"),
+        "lion": lambda g: pytorch_optimizer().Lion(g, betas=betas),
+        "sophia": lambda g: SophiaG(g, betas=betas, rho=o.sophia_rho, clip=o.sophia_clip,
+                                    hessian_interval=o.hessian_interval),
         "sgd": lambda g: torch.optim.SGD(g, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0),
     }
     return Hybrid({name: make[name](g) for name, g in sorted(by_opt.items())})

@@ -8,13 +8,14 @@ import sys
 
 import pytest
 
-from config import load_config
+from config import ConfigError, load_config
 from mup.table import table_for
 
 ETA, LAM, EPS, SIGMA = 2**-7, 0.1, 1e-16, 0.02
 SHAPES = [(128, 2), (512, 16), (1024, 8), (256, 32)]
 PARAMS = ["sp", "mup", "mup_k1", "mup_width"]
-FAMILIES = ["muon_kimi", "muon", "adamw", "sgd"]
+FAMILIES = ["muon_kimi", "muon", "shampoo", "soap", "sso", "adamw", "lion", "sophia", "sgd"]
+HYBRIDS = {"muon_kimi", "muon", "shampoo", "soap", "sso"}  # hidden matrices; AdamW for every other tensor
 
 
 def cfg_at(n, L, p="mup", opt="muon_kimi", **extra):
@@ -26,8 +27,9 @@ def cfg_at(n, L, p="mup", opt="muon_kimi", **extra):
     return load_config(None, over)
 
 
-def expected(p, opt, role, n, L):
-    """(init_std, multiplier, lr, wd, eps, optimizer) of a tensor role, straight from docs/SPEC-mup.md."""
+def expected(p, opt, role, n, L, adamw_ratio=1.0):
+    """(init_std, multiplier, lr, wd, eps, optimizer) of a tensor role, straight from docs/SPEC-mup.md; the AdamW
+    half of a hybrid runs at adamw_ratio x its table's lr."""
     rn, rL = n / 256, L / 4
     if p == "sp":
         rn = rL = 1.0
@@ -35,9 +37,7 @@ def expected(p, opt, role, n, L):
         rL = 1.0
     k1 = p == "mup_k1"
     sq = math.sqrt
-    hidden_opt, other_opt = {"muon_kimi": ("muon_kimi", "adamw"), "muon": ("muon", "adamw"),
-                             "adamw": ("adamw", "adamw"), "sgd": ("sgd", "sgd")}[opt]
-    o = hidden_opt if role == "hidden" else other_opt
+    o = opt if role == "hidden" or opt not in HYBRIDS else "adamw"
     # Tables A-D, rows "block multiplier" and "init variance"; k=1: hidden multiplier alpha/sqrt(r_L)
     block = 1 / sq(rL) if k1 else 1 / rL
     mult = {"input": 1.0, "hidden": block, "hidden_vector": block, "output": 1 / rn, "final_norm": 1.0}[role]
@@ -46,9 +46,13 @@ def expected(p, opt, role, n, L):
     eps = None
     if o == "muon_kimi":  # Table A; k=1 row Muon-Kimi
         lr, wd = (ETA / sq(rn * rL), LAM * sq(rn)) if k1 else (ETA / sq(rn), LAM * sq(rn))
-    elif o == "muon":  # Table C; k=1 row Muon
+    elif o in ("muon", "shampoo", "soap", "sso"):  # Table C (Muon, Shampoo, SOAP), Table E (SSO); k=1 rows
         lr, wd = (ETA / sq(rL), LAM) if k1 else (ETA, LAM)
-    elif o == "adamw":  # Table B; k=1 row AdamW
+        if o == "shampoo":  # v2's Shampoo eps row; k=1: eps / r_L
+            eps = EPS / rL if k1 else EPS / rL**2
+        if o == "soap":  # not in the paper: the square root of Shampoo's row (SOAP's eps is Adam's, gradient units)
+            eps = EPS / sq(rL) if k1 else EPS / rL
+    elif o in ("adamw", "lion", "sophia"):  # Table B (AdamW, also Lion, Sophia); k=1 row AdamW/Lion/Sophia
         lr, wd, eps = {
             "input": (ETA, LAM, EPS / rn),
             "output": (ETA, LAM, EPS / rn),
@@ -57,6 +61,10 @@ def expected(p, opt, role, n, L):
                        else (ETA / rn, LAM * rn, EPS / (rn * rL))),
             "hidden_vector": (ETA / sq(rL), LAM, EPS / (rn * sq(rL))) if k1 else (ETA, LAM, EPS / (rn * rL)),
         }[role]
+        if o == "lion":  # a sign update: no eps
+            eps = None
+        if opt in HYBRIDS:
+            lr *= adamw_ratio
     else:  # Table D; k=1 row SGD; the final norm is input-like
         lr, wd = {
             "input": (ETA * rn, LAM / rn),
@@ -76,11 +84,12 @@ def close(a, b):
 @pytest.mark.parametrize("p", PARAMS)
 @pytest.mark.parametrize("opt", FAMILIES)
 def test_table_matches_spec(n, L, p, opt):
-    table = table_for(cfg_at(n, L, p, opt))
+    cfg = cfg_at(n, L, p, opt)
+    table = table_for(cfg)
     roles = {t.role for t in table}
     assert roles == {"input", "hidden", "hidden_vector", "final_norm"}  # tied head: input rules
     for t in table:
-        std, mult, lr, wd, eps, o = expected(p, opt, t.role, n, L)
+        std, mult, lr, wd, eps, o = expected(p, opt, t.role, n, L, cfg.optim.adamw_lr_ratio)
         got = (t.init_std, t.multiplier, t.lr, t.weight_decay, t.eps)
         want = (std, mult, lr, wd, eps)
         assert all(close(g, e) for g, e in zip(got, want)), (t.name, got, want)
@@ -91,9 +100,9 @@ def test_table_matches_spec(n, L, p, opt):
 @pytest.mark.parametrize("opt", FAMILIES)
 def test_untied_head_is_output(p, opt):
     n, L = 1024, 8
-    table = table_for(cfg_at(n, L, p, opt, **{"model.tie_embeddings": False}))
-    (head,) = [t for t in table if t.name == "head.weight"]
-    std, mult, lr, wd, eps, o = expected(p, opt, "output", n, L)
+    cfg = cfg_at(n, L, p, opt, **{"model.tie_embeddings": False})
+    (head,) = [t for t in table_for(cfg) if t.name == "head.weight"]
+    std, mult, lr, wd, eps, o = expected(p, opt, "output", n, L, cfg.optim.adamw_lr_ratio)
     assert head.role == "output" and close(head.multiplier, mult) and close(head.lr, lr)
     assert close(head.init_std, std) and close(head.weight_decay, wd) and close(head.eps, eps)
     assert head.optimizer == o
@@ -119,8 +128,55 @@ def test_multiplier_goes_to_branch():
     assert by_name["ln_f.weight"].multiplier == 1.0
 
 
+def test_paper_adamw_ratio_of_muon_adamw():
+    """The paper's Muon-AdamW runs the AdamW half at eta / 10; Muon-Kimi at eta (optim.adamw_lr_ratio: null)."""
+    assert cfg_at(512, 8, "mup", "muon").optim.adamw_lr_ratio == 0.1
+    assert cfg_at(512, 8, "mup", "muon_kimi").optim.adamw_lr_ratio == 1.0
+
+
+@pytest.mark.parametrize("opt", FAMILIES)
+@pytest.mark.parametrize("n,L", SHAPES)
+def test_depth_exponent_one_and_half_reproduce_mup_and_mup_k1(opt, n, L):
+    """scaling.depth_exponent is the spec's general formula: alpha_d = 1 is mup and 1/2 is mup_k1, record for
+    record, from either parameterization; sp and mup_width see r_L = 1 and ignore it."""
+    def records(p, d=None):
+        return [t.to_json() for t in table_for(cfg_at(n, L, p, opt, **{"scaling.depth_exponent": d}))]
+
+    mup, k1 = records("mup"), records("mup_k1")
+    assert records("mup", 1.0) == records("mup_k1", 1.0) == mup
+    assert records("mup", 0.5) == records("mup_k1", 0.5) == k1
+    assert records("sp", 0.5) == records("sp") and records("mup_width", 0.5) == records("mup_width")
+
+
+def test_general_depth_exponent_follows_the_spec():
+    """At alpha_d = 3/4 the spec's general forms: hidden multiplier r_L^-a, Muon-Kimi hidden lr r_n^-1/2 r_L^(a-1),
+    AdamW hidden lr r_n^-1 r_L^(a-1), AdamW hidden eps r_n^-1 r_L^-a, hidden-bias lr r_L^(a-1), Shampoo eps
+    r_L^-2a."""
+    a, n, L = 0.75, 512, 16
+    rn, rL = n / 256, L / 4
+    kimi = {t.name: t for t in table_for(cfg_at(n, L, "mup", "muon_kimi", **{"scaling.depth_exponent": a}))}
+    shampoo = {t.name: t for t in table_for(cfg_at(n, L, "mup", "shampoo", **{"scaling.depth_exponent": a}))}
+    adamw = {t.name: t for t in table_for(cfg_at(n, L, "mup", "adamw", **{"scaling.depth_exponent": a}))}
+    q, bias = "blocks.1.attn.q.weight", "blocks.1.mlp.fc.bias"
+    assert close(kimi[q].multiplier, rL**-a)
+    assert close(kimi[q].lr, ETA * rn**-0.5 * rL ** (a - 1))
+    assert close(adamw[q].lr, ETA / rn * rL ** (a - 1)) and close(adamw[q].eps, EPS / rn * rL**-a)
+    assert close(adamw[bias].lr, ETA * rL ** (a - 1))
+    assert close(shampoo[q].eps, EPS * rL ** (-2 * a))
+
+
+def test_depth_exponent_outside_half_to_one_is_rejected():
+    with pytest.raises(ConfigError, match="scaling.depth_exponent: must be >= 0.5"):
+        cfg_at(512, 8, "mup", **{"scaling.depth_exponent": 0.4})
+    with pytest.raises(ConfigError, match=r"scaling.depth_exponent: must lie in \[0.5, 1\]"):
+        table_for(cfg_at(512, 8, "mup", **{"scaling.depth_exponent": 1.5}))
+    res = subprocess.run([sys.executable, "-m", "mup.table", "scaling.depth_exponent=2"], capture_output=True,
+                         text=True)
+    assert res.returncode != 0 and "must lie in [0.5, 1]" in res.stderr
+
+
 def test_adamw_lr_ratio_scales_only_adamw():
-    base = {t.name: t.lr for t in table_for(cfg_at(512, 8, "mup", "muon"))}
+    base = {t.name: t.lr for t in table_for(cfg_at(512, 8, "mup", "muon", **{"optim.adamw_lr_ratio": 1.0}))}
     tenth = table_for(cfg_at(512, 8, "mup", "muon", **{"optim.adamw_lr_ratio": 0.1}))
     for t in tenth:
         assert t.lr == pytest.approx(base[t.name] * (0.1 if t.optimizer == "adamw" else 1.0))
@@ -136,6 +192,14 @@ def test_cli_json_contract():
     assert q["shape"] == [512, 512] and q["optimizer"] == "muon_kimi" and q["eps"] is None
     ln = next(r for r in records if r["name"] == "blocks.0.ln_1.weight")
     assert ln["init_std"] is None and ln["role"] == "hidden_vector"
+    for name, hidden_eps in [("shampoo", True), ("soap", True), ("sso", False), ("lion", False), ("sophia", True)]:
+        out = subprocess.run([sys.executable, "-m", "mup.table", f"optim.name={name}", "--json"],
+                             capture_output=True, text=True, check=True).stdout
+        by_name = {r["name"]: r for r in json.loads(out)}
+        q, ln = by_name["blocks.0.attn.q.weight"], by_name["blocks.0.ln_1.weight"]
+        assert q["optimizer"] == name and (q["eps"] is not None) == hidden_eps, name
+        assert ln["optimizer"] == ("adamw" if name in HYBRIDS else name)
+        assert (ln["eps"] is None) == (name == "lion")
 
 
 def test_cli_readable_table_and_errors():

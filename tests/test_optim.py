@@ -85,8 +85,7 @@ def test_schedule_warmup_cosine_floor():
     assert lr_factor(10, o, 110) == pytest.approx(1.0)
     assert lr_factor(60, o, 110) == pytest.approx(0.1 + 0.9 * 0.5)
     assert lr_factor(110, o, 110) == pytest.approx(0.1)
-    o2 = load_config(None, {"optim.min_lr": None, "optim.min_lr_ratio": 0.0, "optim.schedule": "constant",
-                            "optim.warmup_iters": 0}).optim
+    o2 = load_config(None, {"optim.min_lr": 0.0, "optim.schedule": "constant", "optim.warmup_iters": 0}).optim
     assert lr_factor(5, o2, 10) == 1.0
 
 

@@ -1,0 +1,406 @@
+"""The optimizers added for the paper's recipe (Shampoo, SOAP, SSO, Lion, Sophia), each against its paper's
+update computed here by hand in numpy (float64), then at the hybrid's level: exact resume, the LR schedule
+keeping each group's muP ratio, the curvature hook, spectral diagnostics."""
+
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from config import ConfigError, from_flat, load_config, read_yaml
+from mup import spectral
+from mup.coord import split_sweep
+from mup.scaling import build_model
+from optim.hybrid import build_optimizer
+from optim.shampoo import Shampoo
+from optim.sophia import SophiaG
+from optim.sso import NS_COEFFICIENTS, SSO
+from tests.test_model import tiny, tokens
+
+NEW = ["shampoo", "soap", "sso", "lion", "sophia"]
+MATRIX = {"shampoo", "soap", "sso"}  # hidden matrices; AdamW for the rest
+
+
+def rand(*shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def run_torch(opt_cls, p0, grads, groups=None, **kwargs):
+    """Step a torch optimizer over `grads` from `p0` (one parameter per group spec); returns numpy params."""
+    params = [torch.nn.Parameter(torch.tensor(p, dtype=torch.float32)) for p in p0]
+    specs = groups or [{}] * len(params)
+    opt = opt_cls([{"params": [p], **s} for p, s in zip(params, specs)], **kwargs)
+    for g_step in grads:
+        for p, g in zip(params, g_step):
+            p.grad = torch.tensor(g, dtype=torch.float32)
+        opt.step()
+    return [p.detach().double().numpy() for p in params], opt
+
+
+# ---- Lion (Chen et al. 2023, Algorithm 2): c = b1 m + (1-b1) g; w -= lr (sign(c) + wd w); m = b2 m + (1-b2) g
+
+def test_lion_matches_the_paper():
+    from pytorch_optimizer import Lion
+
+    b1, b2 = 0.9, 0.99
+    groups = [{"lr": 0.01, "weight_decay": 0.1}, {"lr": 0.003, "weight_decay": 0.0}]
+    p0 = [rand(4, 3, seed=0), rand(5, seed=1)]
+    grads = [[rand(4, 3, seed=10 + s), rand(5, seed=20 + s)] for s in range(3)]
+    got, _ = run_torch(Lion, p0, grads, groups, betas=(b1, b2))
+    for i, spec in enumerate(groups):
+        w, m = p0[i].copy(), np.zeros_like(p0[i])
+        for g_step in grads:
+            g = g_step[i]
+            c = b1 * m + (1 - b1) * g
+            w = w - spec["lr"] * (np.sign(c) + spec["weight_decay"] * w)
+            m = b2 * m + (1 - b2) * g
+        np.testing.assert_allclose(got[i], w, rtol=1e-6, atol=1e-7)
+
+
+# ---- SophiaG (Liu et al. 2023, Algorithm 3 with GNB): w -= lr wd w; m = b1 m + (1-b1) g;
+#      w -= lr clip(m / max(rho h, eps), clip); h = b2 h + (1-b2) B g_hat^2 after every k-th step
+
+def test_sophia_matches_the_paper():
+    b1, b2, rho, clip, eps, lr, wd, B = 0.9, 0.5, 0.04, 0.5, 1e-12, 0.01, 0.1, 8
+    p0, g1, g2, g_hat = rand(6, 5, seed=0), rand(6, 5, seed=1), rand(6, 5, seed=2), rand(6, 5, seed=3)
+    p = torch.nn.Parameter(torch.tensor(p0, dtype=torch.float32))
+    opt = SophiaG([p], lr=lr, betas=(b1, b2), rho=rho, clip=clip, eps=eps, weight_decay=wd, hessian_interval=1)
+    p.grad = torch.tensor(g1, dtype=torch.float32)
+    opt.step()
+    p.grad = torch.tensor(g_hat, dtype=torch.float32)
+    opt.update_hessian(B)
+    p.grad = torch.tensor(g2, dtype=torch.float32)
+    opt.step()
+
+    w, m, h = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+    ratios = []
+    for g in (g1, g2):
+        w = w - lr * wd * w
+        m = b1 * m + (1 - b1) * g
+        ratios.append(m / np.maximum(rho * h, eps))
+        w = w - lr * np.clip(ratios[-1], -clip, clip)
+        if g is g1:
+            h = b2 * h + (1 - b2) * B * g_hat**2
+    assert (np.abs(ratios[1]) < clip).any() and (np.abs(ratios[1]) > clip).any()  # both branches of the clip
+    np.testing.assert_allclose(p.detach().double().numpy(), w, rtol=1e-5, atol=1e-7)
+
+
+# ---- Shampoo (Gupta et al. 2018, Algorithm 1): L += G G^T, R += G^T G from eps I; w -= lr L^-1/4 G R^-1/4
+
+def inv_root(a, eps):
+    s, q = np.linalg.eigh(a + eps * np.eye(len(a)))
+    return q @ np.diag(s**-0.25) @ q.T
+
+
+@pytest.mark.parametrize("interval", [1, 2])
+def test_shampoo_matches_the_paper(interval):
+    lr, wd, eps = 0.02, 0.1, 1e-3
+    p0 = rand(5, 3, seed=0)
+    grads = [[rand(5, 3, seed=s)] for s in range(1, 4)]
+    got, _ = run_torch(Shampoo, [p0], grads, [{"lr": lr, "weight_decay": wd, "eps": eps}],
+                       precondition_interval=interval)
+    w, L, R = p0.copy(), np.zeros((5, 5)), np.zeros((3, 3))
+    for t, (g,) in enumerate(grads):
+        L, R = L + g @ g.T, R + g.T @ g
+        if t % interval == 0:  # roots at steps 1, 1 + k, ...
+            Lr, Rr = inv_root(L, eps), inv_root(R, eps)
+        w = w * (1 - lr * wd) - lr * Lr @ g @ Rr
+    np.testing.assert_allclose(got[0], w, rtol=1e-5, atol=1e-6)
+
+
+def test_shampoo_first_step_is_orthogonal_and_eps_must_be_positive():
+    """With one gradient and eps -> 0, (G G^T)^-1/4 G (G^T G)^-1/4 = U V^T: every singular value is 1."""
+    p0, g = rand(6, 4, seed=0), rand(6, 4, seed=1)
+    got, _ = run_torch(Shampoo, [p0], [[g]], [{"lr": 1.0, "eps": 1e-12}])
+    np.testing.assert_allclose(np.linalg.svd(p0 - got[0], compute_uv=False), 1.0, rtol=1e-4)
+    with pytest.raises(ValueError, match="eps > 0"):
+        Shampoo([torch.nn.Parameter(torch.zeros(2, 2))], eps=0.0)
+
+
+# ---- SOAP (Vyas et al. 2024, Algorithm 3; the authors' code): step 1 only fills L, R and takes their
+#      eigenbases; then Adam on G' = Q_L^T G Q_R (m kept unrotated, v rotated), N = Q_L (M'/(sqrt v + eps)) Q_R^T,
+#      bias-corrected step, w -= ...; w *= 1 - lr wd; L, R <- EMA; every f Adam steps Q <- QR(L Q) (v re-sorted)
+
+def test_soap_matches_the_paper():
+    from pytorch_optimizer import SOAP
+
+    lr, wd, eps, b1, b2, f = 0.01, 0.1, 1e-8, 0.9, 0.95, 2
+    p0 = rand(4, 4, seed=0)
+    grads = [[rand(4, 4, seed=s)] for s in range(1, 6)]
+    got, _ = run_torch(SOAP, [p0], grads, [{"lr": lr, "weight_decay": wd, "eps": eps}], betas=(b1, b2),
+                       precondition_frequency=f)
+
+    def eigenbasis(a):
+        return np.linalg.eigh(a)[1][:, ::-1]  # descending eigenvalues
+
+    w, (g1,) = p0.copy(), grads[0]
+    GL, GR = (1 - b2) * g1 @ g1.T, (1 - b2) * g1.T @ g1  # shampoo_beta = beta2
+    QL, QR = eigenbasis(GL), eigenbasis(GR)
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for k, (g,) in enumerate(grads[1:], start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * (QL.T @ g @ QR) ** 2
+        n = QL @ ((QL.T @ m @ QR) / (np.sqrt(v) + eps)) @ QR.T
+        w = (w - lr * math.sqrt(1 - b2**k) / (1 - b1**k) * n) * (1 - lr * wd)
+        GL, GR = b2 * GL + (1 - b2) * g @ g.T, b2 * GR + (1 - b2) * g.T @ g
+        if k % f == 0:  # one power-iteration step and QR, v's axes re-sorted by the estimated eigenvalues
+            iL = np.argsort(-np.diag(QL.T @ GL @ QL), kind="stable")
+            iR = np.argsort(-np.diag(QR.T @ GR @ QR), kind="stable")
+            v = v[iL][:, iR]
+            QL, QR = np.linalg.qr((GL @ QL)[:, iL])[0], np.linalg.qr((GR @ QR)[:, iR])[0]
+    np.testing.assert_allclose(got[0], w, rtol=1e-4, atol=1e-6)
+
+
+# ---- SSO (Xie et al. 2026, Algorithm 1): momentum, M / ||M||_F, top singular pair, retraction W <- W R / sigma,
+#      lambda: <Theta, msign(M + lambda Theta)> = 0, W <- W (1 - lr wd) - lr R msign(M + lambda Theta)
+
+def ns_numpy(g, steps):
+    a, b, c = NS_COEFFICIENTS
+    x = g.T if g.shape[0] > g.shape[1] else g
+    x = x / max(np.linalg.norm(x), 1e-7)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if g.shape[0] > g.shape[1] else x
+
+
+def sso_lambda(m, u, v, steps, tol=1e-6):
+    theta = u @ v.T
+    h = lambda lam: (u.T @ ns_numpy(m + lam * theta, steps) @ v).item()  # noqa: E731
+    lo, f_lo = 0.0, h(0.0)
+    if abs(f_lo) <= tol:
+        return 0.0
+    step = 1e-3 if f_lo < 0 else -1e-3
+    for _ in range(10):
+        hi, f_hi = lo + step, h(lo + step)
+        if (f_hi > 0) != (f_lo > 0):
+            break
+        lo, f_lo, step = hi, f_hi, 2 * step
+    (a, f_a), (b, f_b) = sorted([(lo, f_lo), (hi, f_hi)], key=lambda t: t[1])
+    best, f_best = (a, f_a) if abs(f_a) < abs(f_b) else (b, f_b)
+    for _ in range(20):
+        mid = (a + b) / 2
+        f_mid = h(mid)
+        if abs(f_mid) < abs(f_best):
+            best, f_best = mid, f_mid
+        if abs(f_mid) <= tol:
+            break
+        a, b = (mid, b) if f_mid <= 0 else (a, mid)
+    assert abs(f_best) < 1e-3  # tangent to the sphere
+    return best
+
+
+@pytest.mark.parametrize("shape,nesterov", [((8, 5), True), ((5, 8), False)])
+def test_sso_matches_the_paper(shape, nesterov):
+    lr, wd, beta, c, ns_steps, iters = 0.05, 0.1, 0.9, 2.0, 5, 10
+    p0 = rand(*shape, seed=0) * 0.1 + np.outer(rand(shape[0], seed=5), rand(shape[1], seed=6)) * 0.1  # a clear top
+    grads = [[rand(*shape, seed=s)] for s in (1, 2)]
+    got, _ = run_torch(SSO, [p0], grads, [{"lr": lr, "weight_decay": wd}], momentum=beta, nesterov=nesterov,
+                       radius=c, ns_steps=ns_steps, power_iters=iters)
+    w, buf, v = p0.copy(), np.zeros_like(p0), np.ones((shape[1], 1))
+    R = c * math.sqrt(shape[0] / shape[1])
+    for (g,) in grads:
+        buf = beta * buf + (1 - beta) * g
+        m = (1 - beta) * g + beta * buf if nesterov else buf
+        m = m / np.linalg.norm(m)
+        for _ in range(iters):  # power iteration, warm-started from the last step's v
+            u = w @ v / np.linalg.norm(w @ v)
+            v = w.T @ u / np.linalg.norm(w.T @ u)
+        w = w * R / (u.T @ w @ v).item()
+        lam = sso_lambda(m, u, v, ns_steps)
+        w = w * (1 - lr * wd) - lr * R * ns_numpy(m + lam * (u @ v.T), ns_steps)
+    np.testing.assert_allclose(got[0], w, rtol=1e-4, atol=1e-5)
+    # back on the sphere, shrunk by the decay, up to the tangent step's second-order term
+    assert np.linalg.norm(got[0], 2) == pytest.approx(R * (1 - lr * wd), rel=lr**2)
+
+
+# ---- the hybrid: groups, schedule, exact resume, curvature hook, diagnostics
+
+def hidden_names(table):
+    return {t.name for t in table if t.role == "hidden"}
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_groups_follow_table(name):
+    cfg = tiny(**{"optim.name": name, "model.n_layer": 4, "scaling.base_depth": 2, "scaling.base_width": 32})
+    model, table = build_model(cfg)
+    opt = build_optimizer(cfg, model, table)
+    assert set(opt.optimizers) == ({name, "adamw"} if name in MATRIX else {name})
+    params = dict(model.named_parameters())
+    by_id = {}
+    for opt_name, o in opt.optimizers.items():
+        for g in o.param_groups:
+            for p in g["params"]:
+                by_id[id(p)] = (opt_name, g["lr"], g["weight_decay"], g.get("eps"))
+    assert len(by_id) == len(params)
+    for t in table:
+        assert by_id[id(params[t.name])] == (t.optimizer, t.lr, t.weight_decay, t.eps), t.name
+
+
+def test_preconditioner_interval_defaults_to_each_papers():
+    """null: Shampoo's Algorithm 1 recomputes its roots every step, SOAP's paper refreshes every 10 steps."""
+    intervals = {}
+    for name, value in [("shampoo", None), ("soap", None), ("shampoo", 4), ("soap", 4)]:
+        cfg = tiny(**{"optim.name": name, "optim.precondition_interval": value})
+        model, table = build_model(cfg)
+        opt = build_optimizer(cfg, model, table).optimizers[name]
+        intervals[name, value] = opt.precondition_interval if name == "shampoo" else opt.defaults[
+            "precondition_frequency"]
+    assert intervals == {("shampoo", None): 1, ("soap", None): 10, ("shampoo", 4): 4, ("soap", 4): 4}
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_schedule_keeps_each_groups_mup_ratio(name):
+    cfg = tiny(**{"optim.name": name, "model.n_layer": 4, "scaling.base_depth": 2, "scaling.base_width": 32,
+                  "scaling.parameterization": "mup_k1"})
+    model, table = build_model(cfg)
+    opt = build_optimizer(cfg, model, table)
+    base = [g["lr"] for g in opt.param_groups]
+    assert len(set(base)) > 1  # the table gives this shape several lrs
+    opt.set_lr_factor(0.3)
+    assert [g["lr"] for g in opt.param_groups] == [0.3 * b for b in base]
+    lr_of = {n: g["lr"] for g in opt.param_groups for n in g["names"]}
+    for t in table:
+        assert lr_of[t.name] == 0.3 * t.lr
+
+
+def train(model, opt, cfg, steps, start=0):
+    """The loop's order: forward, backward, step, zero_grad, then the curvature hook on the first inputs."""
+    losses = []
+    for s in range(start, start + steps):
+        x = tokens(cfg, seed=s)
+        _, loss = model(x, x.roll(-1, 1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if opt.wants_curvature(s):
+            opt.update_curvature(model, x, torch.autocast("cpu", enabled=False), seed=1000 + s)
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_state_dict_round_trip_is_bitwise(name, tmp_path):
+    """2 steps, save, load into a fresh model and optimizer, 2 more == 4 straight steps, bit for bit; the
+    intervals are 2, so preconditioner refreshes and Hessian estimates fall on both sides of the save."""
+    cfg = tiny(**{"optim.name": name, "optim.precondition_interval": 2, "optim.hessian_interval": 2,
+                  "optim.weight_decay": 0.1})
+    torch.manual_seed(0)
+    model, table = build_model(cfg)
+    opt = build_optimizer(cfg, model, table)
+    straight = train(model, opt, cfg, 4)
+
+    torch.manual_seed(0)
+    model1, table1 = build_model(cfg)
+    opt1 = build_optimizer(cfg, model1, table1)
+    first = train(model1, opt1, cfg, 2)
+    torch.save({"model": model1.state_dict(), "optim": opt1.state_dict()}, tmp_path / "ck.pt")
+    torch.manual_seed(1)  # a different init, all overwritten by the checkpoint
+    model2, table2 = build_model(cfg)
+    opt2 = build_optimizer(cfg, model2, table2)
+    ck = torch.load(tmp_path / "ck.pt", weights_only=True)
+    model2.load_state_dict(ck["model"])
+    opt2.load_state_dict(ck["optim"])
+    assert first + train(model2, opt2, cfg, 2, start=2) == straight
+    for (n, a), b in zip(model.named_parameters(), model2.parameters()):
+        assert torch.equal(a, b), n
+
+
+def test_only_sophia_wants_curvature():
+    for name in ["muon_kimi", "muon", "adamw", "sgd", *NEW]:
+        cfg = tiny(**{"optim.name": name, "optim.hessian_interval": 3})
+        model, table = build_model(cfg)
+        opt = build_optimizer(cfg, model, table)
+        due = [s for s in range(9) if opt.wants_curvature(s)]
+        assert due == ([2, 5, 8] if name == "sophia" else []), name
+        if name != "sophia":
+            x = tokens(cfg)
+            opt.update_curvature(model, x, torch.autocast("cpu", enabled=False), seed=0)  # a no-op
+            assert all(p.grad is None for p in model.parameters())
+
+
+def test_curvature_is_the_gnb_estimate_from_the_seed():
+    """h = (1 - beta2) B g^2 with g the gradient of the mean loss against labels drawn from softmax(logits) by
+    a generator seeded with `seed`; gradients are zeroed after; the global RNG is untouched."""
+    cfg = tiny(**{"optim.name": "sophia", "optim.betas": [0.9, 0.8], "model.dropout": 0.1})
+    torch.manual_seed(0)
+    model, table = build_model(cfg)
+    opt = build_optimizer(cfg, model, table)
+    x = tokens(cfg, B=3)
+    rng = torch.get_rng_state()
+    opt.update_curvature(model, x, torch.autocast("cpu", enabled=False), seed=7)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is None for p in model.parameters())
+
+    with torch.random.fork_rng():
+        torch.manual_seed(7)  # the pass's dropout masks come from the seed too
+        logits, _ = model(x)
+    probs = torch.softmax(logits.reshape(-1, logits.size(-1)), -1)
+    y = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(7)).squeeze(1)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    state = opt.optimizers["sophia"].state
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(state[p]["hessian"], 0.2 * x.numel() * g * g, rtol=1e-5, atol=0)
+    before = {p: state[p]["hessian"].clone() for p in model.parameters()}
+    opt.update_curvature(model, x, torch.autocast("cpu", enabled=False), seed=8)
+    assert any(not torch.equal(state[p]["hessian"], 0.8 * before[p] + 0.2 * x.numel() * g * g)
+               for p, g in zip(model.parameters(), grads))  # another seed, other labels
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_spectral_diagnostics_read_every_optimizer(name):
+    cfg = tiny(**{"optim.name": name})
+    ref_cfg = tiny()
+    torch.manual_seed(0)
+    model, table = build_model(cfg)
+    opt = build_optimizer(cfg, model, table)
+    for s in range(2):  # SOAP's first step only sets up its preconditioner
+        x = tokens(cfg, seed=s)
+        model(x, x.roll(-1, 1))[1].backward()
+        before = spectral.snapshot(model, table)
+        opt.step()
+        opt.zero_grad()
+    report = spectral.report(model, table, before)
+    ref_model, ref_table = build_model(ref_cfg)
+    assert set(report) == set(spectral.report(ref_model, ref_table, spectral.snapshot(ref_model, ref_table)))
+    assert all(math.isfinite(v) for v in report.values())
+    assert all(report[f"spec/{n.removesuffix('.weight')}/dW"] > 0 for n in hidden_names(table))
+
+
+# ---- configuration
+
+def test_unknown_optimizer_lists_every_valid_one():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"optim.name": "adam"})
+    for name in ["muon_kimi", "muon", "adamw", "sgd", *NEW]:
+        assert name in str(e.value)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("optim.precondition_interval", 0, "optim.precondition_interval: must be > 0"),
+    ("optim.hessian_interval", 2.5, "optim.hessian_interval: expected int"),
+    ("optim.sophia_rho", 0, "optim.sophia_rho: must be > 0"),
+    ("optim.sophia_clip", -1, "optim.sophia_clip: must be > 0"),
+    ("optim.sso_radius", 0, "optim.sso_radius: must be > 0"),
+])
+def test_optimizer_settings_are_checked(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, {key: value})
+
+
+def test_missing_library_names_the_pip_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytorch_optimizer", None)  # import fails as if not installed
+    cfg = tiny(**{"optim.name": "lion"})
+    model, table = build_model(cfg)
+    with pytest.raises(ImportError, match="pip install pytorch_optimizer"):
+        build_optimizer(cfg, model, table)
+
+
+@pytest.mark.parametrize("axis", ["width", "depth"])
+@pytest.mark.parametrize("name", NEW)
+def test_coordinate_check_configs_choose_the_optimizer(name, axis):
+    sweep, rest = split_sweep(read_yaml(f"configs/coord/tiny_{axis}_{name}.yaml"))
+    assert from_flat(rest).optim.name == name and sweep.axis == axis
