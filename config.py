@@ -27,18 +27,21 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Bound:
-    """A constraint on a number: `value > low` (or >= with `inclusive`), `value < high` if given."""
+    """A constraint on a number: `value > low` (>= with `inclusive`), and `value < high` if given (<= with
+    `high_inclusive`)."""
     low: float
     inclusive: bool = False
     high: float | None = None
+    high_inclusive: bool = False
 
     def holds(self, v) -> bool:
         above = v >= self.low if self.inclusive else v > self.low
-        return above and (self.high is None or v < self.high)
+        below = self.high is None or (v <= self.high if self.high_inclusive else v < self.high)
+        return above and below
 
     def __str__(self) -> str:
         text = f"{'>=' if self.inclusive else '>'} {self.low:g}"
-        return text + (f" and < {self.high:g}" if self.high is not None else "")
+        return text + (f" and {'<=' if self.high_inclusive else '<'} {self.high:g}" if self.high is not None else "")
 
 
 POSITIVE, NON_NEGATIVE = Bound(0), Bound(0, inclusive=True)
@@ -85,7 +88,7 @@ class ScalingConfig:
     alpha_out: float = key(1.0, "base multiplier of the logits", POSITIVE)
     depth_exponent: float | None = key(
         None, "alpha_d in [0.5, 1], the spec's general depth exponent (CompleteP-style sweeps); null: 1 for mup,"
-              " 0.5 for mup_k1; sp and mup_width do not scale with depth and ignore it", Bound(0.5, inclusive=True))
+              " 0.5 for mup_k1; sp and mup_width do not scale with depth and ignore it", Bound(0.5, True, 1, True))
 
 
 # The AdamW half's lr relative to eta_base when optim.adamw_lr_ratio is unset: the paper's Muon-AdamW runs

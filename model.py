@@ -8,11 +8,22 @@ The multipliers are plain numbers handed in by the caller (mup/ computes them); 
 what muP is. q, k and v are separate n x n matrices so that Muon orthogonalizes each on its own. Modules
 are arranged so that each site a coordinate check measures (embedding output, every block's output, the
 final norm, the logits) is the output of one module and can be read with a forward hook.
+
+Memory. With targets, the loss is torch's chunked linear cross-entropy (F.linear_cross_entropy): the logits
+exist one chunk of tokens at a time (their matmul in the autocast dtype, the softmax statistics in fp32), never
+as a full (B, T, vocab) tensor nor its fp32 copy (at vocab 50304 those and their gradient were ~0.5 MB per
+token); the gradients of the head's input and weight are made in the same pass, so backward adds no matmul.
+forward returns (None, loss) then.
+A forward hook on `head` (the coordinate check's logits site) is promised the full logits, so while one is
+registered the model computes them and takes the loss from them as before. `model.activation_checkpointing`
+keeps only each block's input and recomputes the block in backward (torch.utils.checkpoint, RNG state
+preserved, so dropout masks and results are those of the plain forward).
 """
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from config import ModelConfig
 
@@ -56,8 +67,15 @@ class Block(nn.Module):
         self.ln_2, self.mlp = norm(cfg, cfg.n_embd), MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.alpha_attn, self.alpha_mlp = alpha_attn, alpha_mlp
+        self.checkpointing = cfg.activation_checkpointing
 
     def forward(self, h):
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            # inside forward, not around the module: a hook on the block still fires once per forward
+            return checkpoint(self.residual, h, use_reentrant=False)
+        return self.residual(h)
+
+    def residual(self, h):
         h = h + self.alpha_attn * self.drop(self.attn(self.ln_1(h)))
         return h + self.alpha_mlp * self.drop(self.mlp(self.ln_2(h)))
 
@@ -85,6 +103,35 @@ class Head(nn.Module):
         # the same logits as alpha_out * (x @ W^T), scaling the n-wide input instead of the vocab-wide output
         return F.linear(self.alpha_out * x, self.weight)
 
+    def observed(self) -> bool:
+        """Whether a forward hook expects this module's output, the full logits."""
+        return bool(self._forward_hooks or self._forward_pre_hooks or nn.modules.module._global_forward_hooks
+                    or nn.modules.module._global_forward_pre_hooks)
+
+    def loss(self, x, targets):
+        """Mean cross-entropy of the logits of x against targets, `LOSS_CHUNK_LOGITS` logits at a time."""
+        x, w = self.alpha_out * x.reshape(-1, x.size(-1)), self.weight
+        if torch.is_autocast_enabled(x.device.type):  # the chunked op is not autocast-aware: cast as F.linear is
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, w = x.to(dtype), w.to(dtype)
+        rows = chunk_rows(x.size(0), w.size(0))
+        options = nn.LinearCrossEntropyOptions(batch_chunk_size=rows, chunking_method=None,
+                                               allow_retain_graph=torch.compiler.is_compiling())
+        return F.linear_cross_entropy(x, w, targets.reshape(-1), options=options)
+
+
+# Logits per chunk of the loss: 2^27 (512 MiB in fp32, 2,560 tokens at vocab 50304, one chunk for any byte-level
+# batch). Big enough that the head's matmuls stay efficient and per-chunk kernel launches do not matter.
+LOSS_CHUNK_LOGITS = 2**27
+
+
+def chunk_rows(tokens: int, vocab: int) -> int:
+    """Tokens per chunk of the loss: LOSS_CHUNK_LOGITS / vocab, a multiple of 128 when there is more than one."""
+    rows = max(1, LOSS_CHUNK_LOGITS // vocab)
+    if rows >= tokens:
+        return tokens
+    return rows // 128 * 128 if rows >= 128 else rows
+
 
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig, alpha_in=1.0, alpha_attn=1.0, alpha_mlp=1.0, alpha_out=1.0):
@@ -98,13 +145,17 @@ class GPT(nn.Module):
             self.head.weight = self.embed.wte.weight
 
     def forward(self, idx, targets=None):
+        """(logits, None) without targets; with them (None, mean cross-entropy), or (logits, loss) while a
+        hook observes the head."""
         if idx.shape[1] > self.cfg.block_size:
             raise ValueError(f"sequence length {idx.shape[1]} exceeds model.block_size={self.cfg.block_size}")
         h = self.embed(idx)
         for block in self.blocks:
             h = block(h)
-        logits = self.head(self.ln_f(h))
+        x = self.ln_f(h)
+        if targets is not None and not self.head.observed():
+            return None, self.head.loss(x, targets)
+        logits = self.head(x)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
-        return logits, loss
+        return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))

@@ -69,9 +69,13 @@ def train_step(loss_fn, opt):
     return step
 
 
-def our_step(overrides: dict, batch: int, device="cpu", autocast=None, compile=False, config=None):
-    """This repo's model and a closure taking one training step of it on a fixed random batch."""
+def our_step(overrides: dict, batch: int, device="cpu", autocast=None, compile=False, config=None, ns_batched=False):
+    """This repo's model and a closure taking one training step of it on a fixed random batch (`ns_batched`:
+    Muon's Newton-Schulz batched over same-shape matrices, optim.muon.Muon's opt-in)."""
     model, opt = build(overrides, device, config=config)
+    for inner in getattr(opt, "optimizers", {}).values():
+        if hasattr(inner, "ns_batched"):
+            inner.ns_batched = ns_batched
     x, y = random_batch(model.cfg.vocab_size, batch, model.cfg.block_size, device)
     forward = torch.compile(model) if compile else model
 

@@ -2,10 +2,17 @@
 
 The paper's base run (configs/owt_base.yaml: n=256, L=4, seq 1024) and a GPT-2-124M-shaped run
 (configs/owt_gpt2_124m.yaml: n=768, L=12, seq 1024), each at its config's micro-batch, with train.py's
-numerics (bf16 autocast, TF32, Newton-Schulz in bf16): eager vs torch.compile, Muon-Kimi hybrid vs
-AdamW-only. MFU = tokens/s x perf.train_flops_per_token / perf.peak_flops (dense bf16 datasheet peak).
-Peak memory: torch.cuda.max_memory_allocated over each candidate's build and warm-up (compilation
-included), less what was allocated before it.
+numerics (trainer.runtime.Runtime: bf16 autocast, TF32; Newton-Schulz in bf16): eager vs torch.compile,
+Muon-Kimi hybrid vs AdamW-only, and two memory/launch options on the compiled Muon-Kimi run (activation
+checkpointing; Newton-Schulz batched over same-shape matrices). MFU = tokens/s x perf.train_flops_per_token
+/ perf.peak_flops (dense bf16 datasheet peak of the device's form factor). Peak memory:
+torch.cuda.max_memory_allocated over each candidate's build and warm-up (compilation included), less what
+was allocated before it.
+
+Each model is measured in a fresh process of its own, as train.py runs one: the model is built as train.py
+builds it (mup.scaling.build_model, optim.hybrid.build_optimizer, torch.compile of the module) and sees one
+input shape. Compiling a second shape in the same process would make dynamo recompile with a dynamic batch
+dimension, a graph train.py never runs.
 
 The expected numbers need no GPU and are printed first: FLOPs per token counted on the meta device, and
 the tokens/s, step time and run time they imply at 40% MFU of an H100 (989 TFLOP/s bf16 dense).
@@ -16,19 +23,29 @@ the tokens/s, step time and run time they imply at 40% MFU of an H100 (989 TFLOP
 """
 
 import argparse
+import concurrent.futures
+import multiprocessing
 
 import torch
 
 import perf
 from bench.common import add_timing_args, interleaved, ms, our_step, print_table, record
 from config import load_config
+import model as model_module
 from model import GPT
 from mup.scaling import multipliers
-from train import Run
+from trainer.runtime import Runtime
 
 MODELS = {"base n=256 L=4": "configs/owt_base.yaml", "GPT-2 124M n=768 L=12": "configs/owt_gpt2_124m.yaml"}
-VARIANTS = {"eager AdamW": (False, "adamw"), "eager Muon-Kimi": (False, "muon_kimi"),
-            "compiled AdamW": (True, "adamw"), "compiled Muon-Kimi": (True, "muon_kimi")}
+# name: (torch.compile, config overrides, Newton-Schulz batched over same-shape matrices); the first word of a
+# name and "AdamW" name the row a variant's Muon/AdamW ratio is taken against
+VARIANTS = {"eager AdamW": (False, {"optim.name": "adamw"}, False),
+            "eager Muon-Kimi": (False, {"optim.name": "muon_kimi"}, False),
+            "compiled AdamW": (True, {"optim.name": "adamw"}, False),
+            "compiled Muon-Kimi": (True, {"optim.name": "muon_kimi"}, False),
+            "compiled Muon-Kimi batched NS": (True, {"optim.name": "muon_kimi"}, True),
+            "compiled Muon-Kimi act. ckpt": (True, {"optim.name": "muon_kimi", "model.activation_checkpointing": True},
+                                             False)}
 EXPECTED_MFU, H100 = 0.4, perf.PEAK_BF16["H100"]
 TINY = {"model.n_embd": 64, "model.n_layer": 2, "model.block_size": 64, "model.vocab_size": 512,
         "train.batch_size": 2, "train.micro_batch_size": 2, "train.dtype": "bfloat16"}
@@ -50,21 +67,29 @@ def expected(path: str) -> dict:
             "run minutes": cfg.train.max_iters * tokens_per_step / tokens_per_s / 60}
 
 
+def measure_in_own_process(path: str, overrides: dict, args) -> dict:
+    """measure() in a fresh (spawned) process: one model shape per process, as in train.py."""
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        return pool.submit(measure, path, overrides, args).result()
+
+
 def measure(path: str, overrides: dict, args) -> dict:
     """Every variant of one model, built (and compiled) one after another, then timed interleaved."""
+    torch.set_num_threads(args.threads)
     cfg = load_config(path, overrides)
-    run = Run(cfg)
+    run = Runtime(cfg)
     run.start()
     cuda = run.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else lambda: None
     steps, memory = {}, {}
-    for name, (compiled, optimizer) in VARIANTS.items():
+    for name, (compiled, variant, batched_ns) in VARIANTS.items():
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
-        model, steps[name] = our_step(overrides | {"optim.name": optimizer}, cfg.train.micro_batch_size, run.device,
-                                      run.autocast, compiled, config=path)
+        model, steps[name] = our_step(overrides | variant, cfg.train.micro_batch_size, run.device, run.autocast,
+                                      compiled, config=path, ns_batched=batched_ns)
         for _ in range(args.warmup):
             steps[name]()
         sync()
@@ -95,7 +120,7 @@ def main(argv=None):
         return
 
     overrides = {"train.device": args.device} | (TINY if args.device == "cpu" else {})
-    results = {name: measure(path, overrides, args) for name, path in MODELS.items()}
+    results = {name: measure_in_own_process(path, overrides, args) for name, path in MODELS.items()}
     rows = []
     for model_name, r in results.items():
         for name, t in r["step_s"].items():
@@ -112,6 +137,7 @@ def main(argv=None):
         print("\nsmoke run at tiny shapes: not recorded")
         return
     record("gpu", {"models": MODELS, "variants": {k: list(v) for k, v in VARIANTS.items()}, "autocast": "bfloat16",
+                   "loss_chunk_logits": model_module.LOSS_CHUNK_LOGITS,
                    "rounds": args.rounds, "reps": args.reps, "warmup": args.warmup},
            {"expected": exp, "measured": results})
 

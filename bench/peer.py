@@ -3,7 +3,9 @@
 Equal shape and work: n=256, L=4, 4 heads of 64, sequence 128, batch 16, vocabulary 50304, biases, tied
 embeddings, no dropout, fp32. Both attend through F.scaled_dot_product_attention (transformers'
 attn_implementation="sdpa"), both use the exact GELU (GPT-2's default gelu_new is the tanh approximation,
-written out in Python), and both take the loss from their logits with the same cross_entropy call. Both
+written out in Python). The peer takes the loss from its full logits with F.cross_entropy; ours, as model.py
+does now, with torch's chunked linear cross-entropy (model.Head.loss: no full logits, no fp32 copy; before it
+took the peer's route, and bench.memory compares the two routes). Both
 train with torch's AdamW at the same betas and eps: ours with optim.name=adamw and
 scaling.parameterization=sp, so the comparison is AdamW to AdamW; the paper's Muon-Kimi hybrid is a third
 row for information. A step is forward, backward, optimizer step and zero_grad.

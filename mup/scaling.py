@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from config import Config, ConfigError
+from config import Config
 from model import GPT
 from mup import rules
 
@@ -48,8 +48,6 @@ def ratios(cfg: Config) -> Ratios:
     if s.parameterization == "mup_width":
         return Ratios(r_n, 1.0, 1.0)
     d = rules.DEPTH_EXPONENT[s.parameterization] if s.depth_exponent is None else s.depth_exponent
-    if not 0.5 <= d <= 1.0:  # the key's bound checks >= 1/2 at load time
-        raise ConfigError(f"scaling.depth_exponent: must lie in [0.5, 1] (1: mup, 0.5: mup_k1), got {d:g}")
     return Ratios(r_n, r_L, d)
 
 

@@ -43,9 +43,9 @@ def main(argv=None):
     args = ap.parse_intermixed_args(argv)
     try:
         cfg = load_config(*split_command_line(args.args))
-        table = table_for(cfg)  # checks what a key's bound cannot: scaling.depth_exponent <= 1
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+    table = table_for(cfg)
     try:
         print(json.dumps([t.to_json() for t in table], indent=1) if args.json else format_table(cfg, table))
         sys.stdout.flush()

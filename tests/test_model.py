@@ -5,7 +5,7 @@ import torch
 
 from config import load_config
 from model import GPT
-from mup.scaling import build_model
+from mup.scaling import build_model, multipliers
 
 TINY = {"model.n_embd": 64, "model.head_dim": 16, "model.n_layer": 2, "model.block_size": 16,
         "model.vocab_size": 64, "data.tokenizer": "bytes"}
@@ -107,3 +107,130 @@ def test_attn_scale_option_changes_output():
     other.load_state_dict(model.state_dict())
     assert not torch.allclose(model.eval()(x)[0], other.eval()(x)[0])
     assert other.blocks[0].attn.scale == pytest.approx(1 / 16)
+
+
+def loss_and_grads(model, x, y, seed=0, autocast=None):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # the dropout masks
+    with autocast or torch.autocast("cpu", enabled=False):
+        loss = model(x, y)[1]
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def saved_bytes(model, x, y):
+    """Bytes autograd keeps from the forward for the backward."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x, y)
+    return total
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_activation_checkpointing_gives_identical_loss_and_gradients(dropout):
+    cfg = tiny(**{"model.dropout": dropout, "model.n_layer": 3})
+    model, _ = build_model(cfg)
+    ckpt = GPT(tiny(**{"model.dropout": dropout, "model.n_layer": 3, "model.activation_checkpointing": True}).model,
+               **multipliers(cfg))
+    ckpt.load_state_dict(model.state_dict())
+    assert all(b.checkpointing for b in ckpt.blocks) and not any(b.checkpointing for b in model.blocks)
+    x, y = tokens(cfg, B=4), tokens(cfg, B=4, seed=1)
+    loss, grads = loss_and_grads(model, x, y)
+    loss_c, grads_c = loss_and_grads(ckpt, x, y)
+    assert torch.equal(loss, loss_c)
+    assert all(torch.equal(grads[n], grads_c[n]) for n in grads)
+    if dropout:  # the masks really are random: another seed, another loss
+        assert not torch.equal(loss, loss_and_grads(model, x, y, seed=1)[0])
+    assert saved_bytes(ckpt, x, y) < 0.5 * saved_bytes(model, x, y)  # and the blocks' activations are not kept
+
+
+def test_activation_checkpointing_only_when_training_with_grad():
+    cfg = tiny(**{"model.activation_checkpointing": True})
+    model, _ = build_model(cfg)
+    x = tokens(cfg)
+    with torch.no_grad():
+        a = model.eval()(x)[0]
+    b = model.train()(x)[0]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_hooked_block_fires_once_per_forward_with_checkpointing():
+    """The coordinate check hooks every block: recomputation in backward must not call the hook again."""
+    cfg = tiny(**{"model.activation_checkpointing": True})
+    model, _ = build_model(cfg)
+    calls = []
+    model.blocks[0].register_forward_hook(lambda m, a, out: calls.append(out.shape))
+    model(tokens(cfg), tokens(cfg, seed=1))[1].backward()
+    assert len(calls) == 1
+
+
+def full_logits_loss(model, x, y):
+    logits, _ = model(x)
+    return torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+
+
+@pytest.mark.parametrize("chunk_logits", [2**27, 24 * 512])  # one chunk; chunks of 16 tokens, the last short
+def test_chunked_loss_matches_full_logits(monkeypatch, chunk_logits):
+    import model as model_module
+
+    monkeypatch.setattr(model_module, "LOSS_CHUNK_LOGITS", chunk_logits)
+    cfg = tiny(**{"model.vocab_size": 512, "model.block_size": 36})
+    model, _ = build_model(cfg)
+    x, y = tokens(cfg, B=3), tokens(cfg, B=3, seed=1)
+    logits, loss = model(x, y)
+    assert logits is None
+    model.zero_grad()
+    loss.backward()
+    fused = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    ref = full_logits_loss(model, x, y)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    scale = max(p.grad.abs().max() for p in model.parameters())
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(fused[n], p.grad, rtol=1e-4, atol=1e-6 * scale, msg=n)
+
+
+def test_chunked_loss_under_bf16_autocast_is_close():
+    cfg = tiny(**{"model.vocab_size": 512})
+    model, _ = build_model(cfg)
+    x, y = tokens(cfg, B=4), tokens(cfg, B=4, seed=1)
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
+    loss, grads = loss_and_grads(model, x, y, autocast=bf16)
+    model.zero_grad()
+    with bf16:
+        ref = full_logits_loss(model, x, y)
+    ref.backward()
+    assert abs(loss.item() - ref.item()) < 1e-2 * ref.item()
+    g, r = torch.cat([g.flatten() for g in grads.values()]), torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert (g - r).norm() < 0.05 * r.norm()
+
+
+def test_hook_on_head_sees_full_logits():
+    """mup.coord reads the logits site with a forward hook on model.head: it gets the (B, T, vocab) logits,
+    and the loss is the same as without the hook."""
+    cfg = tiny()
+    model, _ = build_model(cfg)
+    x, y = tokens(cfg), tokens(cfg, seed=1)
+    plain = model(x, y)[1]
+    seen = []
+    handle = model.head.register_forward_hook(lambda m, a, out: seen.append(out))
+    logits, loss = model(x, y)
+    handle.remove()
+    assert len(seen) == 1 and seen[0].shape == (2, cfg.model.block_size, cfg.model.vocab_size)
+    assert logits is seen[0]
+    torch.testing.assert_close(loss, plain)
+
+
+def test_chunk_rows():
+    from model import LOSS_CHUNK_LOGITS, chunk_rows
+
+    assert chunk_rows(2048, 256) == 2048  # byte vocabularies: one chunk
+    assert chunk_rows(30 * 1024, 50304) == 2560 == LOSS_CHUNK_LOGITS // 50304 // 128 * 128
+    assert chunk_rows(1000, LOSS_CHUNK_LOGITS // 10) == 10
