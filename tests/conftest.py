@@ -45,3 +45,37 @@ def tree_digest(root) -> dict:
 
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+TINY_MODEL = {"model.n_embd": 64, "model.head_dim": 16, "model.n_layer": 2, "model.block_size": 16,
+              "model.vocab_size": 64, "data.tokenizer": "bytes"}
+
+
+def tiny(**extra):
+    """A validated config of a model small enough to build in milliseconds."""
+    from config import load_config
+
+    return load_config(None, {**TINY_MODEL, **extra})
+
+
+def tokens(cfg, B=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, cfg.model.vocab_size, (B, cfg.model.block_size), generator=g)
+
+
+def run_inprocess(out, data, **extra) -> dict:
+    """train.main on TINY_RUN with `extra` set; returns the run's run.json."""
+    import json
+
+    import train
+
+    train.main(overrides({**TINY_RUN, "data.dataset": data, "train.out_dir": out, **extra}))
+    return json.loads((Path(out) / "run.json").read_text())
+
+
+def losses(out) -> dict:
+    """{step: train_loss} of a run's metrics.jsonl."""
+    import json
+
+    return {r["step"]: r["train_loss"] for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines())
+            if "train_loss" in r}

@@ -3,7 +3,7 @@ device peak table and the FLOP count behind MFU; Muon's Newton-Schulz batched ov
 
 import pytest
 
-from tests.test_train import losses, run_inprocess
+from tests.conftest import losses, run_inprocess
 
 
 def test_bf16_autocast_trains_close_to_fp32(tmp_path, tiny_corpus):

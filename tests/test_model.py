@@ -3,21 +3,10 @@
 import pytest
 import torch
 
-from config import load_config
 from model import GPT
 from mup.scaling import build_model, multipliers
+from tests.conftest import tiny, tokens
 
-TINY = {"model.n_embd": 64, "model.head_dim": 16, "model.n_layer": 2, "model.block_size": 16,
-        "model.vocab_size": 64, "data.tokenizer": "bytes"}
-
-
-def tiny(**extra):
-    return load_config(None, {**TINY, **extra})
-
-
-def tokens(cfg, B=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, cfg.model.vocab_size, (B, cfg.model.block_size), generator=g)
 
 
 def copy_of(model, cfg, **alphas):
@@ -91,10 +80,11 @@ def test_init_follows_table():
         p = params[t.name]
         if t.init_std is not None:
             assert p.std().item() == pytest.approx(t.init_std, rel=0.05), t.name
-        elif t.name.endswith("ln_1.weight"):
-            assert torch.all(p == 1)
-        else:
-            assert torch.all(p == 0) or t.name.endswith(".weight")
+        elif t.name.endswith(".weight"):  # LayerNorm gains
+            assert torch.all(p == 1), t.name
+        else:  # biases
+            assert torch.all(p == 0), t.name
+    assert {t.name.rsplit(".", 1)[1] for t in table if t.init_std is None} == {"weight", "bias"}  # both checked
     q = next(t for t in table if t.name == "blocks.0.attn.q.weight")
     assert q.init_std == pytest.approx(0.02 / 2)  # sigma^2 / r_n with r_n = 4
 

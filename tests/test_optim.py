@@ -11,7 +11,7 @@ from mup.scaling import build_model
 from optim.hybrid import build_optimizer
 from optim.muon import Muon, newton_schulz
 from optim.schedule import lr_factor
-from tests.test_model import tiny, tokens
+from tests.conftest import tiny, tokens
 
 
 @pytest.mark.parametrize("shape", [(128, 128), (512, 128), (128, 512)])

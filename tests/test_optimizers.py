@@ -17,7 +17,7 @@ from optim.hybrid import build_optimizer
 from optim.shampoo import Shampoo
 from optim.sophia import SophiaG
 from optim.sso import NS_COEFFICIENTS, SSO
-from tests.test_model import tiny, tokens
+from tests.conftest import tiny, tokens
 
 NEW = ["shampoo", "soap", "sso", "lion", "sophia"]
 MATRIX = {"shampoo", "soap", "sso"}  # hidden matrices; AdamW for the rest

@@ -14,17 +14,7 @@ import train
 from config import load_config
 from mup.scaling import build_model
 from trainer.records import RECORD_FIELDS
-from tests.conftest import TINY_RUN, overrides
-
-
-def run_inprocess(out, data, **extra):
-    train.main(overrides({**TINY_RUN, "data.dataset": data, "train.out_dir": out, **extra}))
-    return json.loads((out / "run.json").read_text())
-
-
-def losses(out):
-    return {r["step"]: r["train_loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-            if "train_loss" in r}
+from tests.conftest import TINY_RUN, losses, overrides, run_inprocess
 
 
 def params(out):
