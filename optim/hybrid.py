@@ -112,9 +112,9 @@ def build_optimizer(cfg: Config, model: torch.nn.Module, table: list[TensorHP]) 
                 for name, k in PRECONDITION_INTERVAL.items()}
     make = {
         "muon_kimi": lambda g: Muon(g, adjust_lr_fn="match_rms_adamw", momentum=o.momentum, nesterov=o.nesterov,
-                                    ns_steps=o.ns_steps, ns_dtype=ns_dtype(cfg, device)),
+                                    ns_steps=o.ns_steps, ns_dtype=ns_dtype(cfg, device), ns_batched=o.ns_batched),
         "muon": lambda g: Muon(g, adjust_lr_fn="original", momentum=o.momentum, nesterov=o.nesterov,
-                               ns_steps=o.ns_steps, ns_dtype=ns_dtype(cfg, device)),
+                               ns_steps=o.ns_steps, ns_dtype=ns_dtype(cfg, device), ns_batched=o.ns_batched),
         "shampoo": lambda g: Shampoo(g, precondition_interval=interval["shampoo"]),
         "soap": lambda g: pytorch_optimizer().SOAP(g, betas=betas, precondition_frequency=interval["soap"]),
         # msign inside lambda's bisection in float32 unless asked otherwise: the paper keeps it there

@@ -127,3 +127,22 @@ def test_state_dict_round_trip_continues_identically(family, tmp_path):
     assert _train(model2, opt2, 3, cfg, start=3) == expected
     for (n, a), b in zip(model.named_parameters(), model2.parameters()):
         assert torch.equal(a, b), n
+
+
+def test_ns_batched_key_reaches_muon_and_matches_the_per_matrix_step():
+    from mup.scaling import build_model
+    from optim.hybrid import build_optimizer
+
+    after = {}
+    for batched in (False, True):
+        cfg = tiny(**{"optim.ns_batched": batched, "model.n_layer": 3})
+        torch.manual_seed(0)
+        model, table = build_model(cfg)
+        opt = build_optimizer(cfg, model, table)
+        assert opt.optimizers["muon_kimi"].ns_batched is batched
+        x = tokens(cfg)
+        model(x, x)[1].backward()
+        opt.step()
+        after[batched] = {k: v.clone() for k, v in model.state_dict().items()}
+    for k in after[False]:
+        torch.testing.assert_close(after[True][k], after[False][k], rtol=0, atol=1e-6)
