@@ -13,9 +13,7 @@ Memory. With targets, the loss is torch's chunked linear cross-entropy (F.linear
 exist one chunk of tokens at a time (their matmul in the autocast dtype, the softmax statistics in fp32), never
 as a full (B, T, vocab) tensor nor its fp32 copy (at vocab 50304 those and their gradient were ~0.5 MB per
 token); the gradients of the head's input and weight are made in the same pass, so backward adds no matmul.
-forward returns (None, loss) then.
-A forward hook on `head` (the coordinate check's logits site) is promised the full logits, so while one is
-registered the model computes them and takes the loss from them as before. `model.activation_checkpointing`
+forward returns (None, loss) then. `model.activation_checkpointing`
 keeps only each block's input and recomputes the block in backward (torch.utils.checkpoint, RNG state
 preserved, so dropout masks and results are those of the plain forward).
 """
@@ -103,11 +101,6 @@ class Head(nn.Module):
         # the same logits as alpha_out * (x @ W^T), scaling the n-wide input instead of the vocab-wide output
         return F.linear(self.alpha_out * x, self.weight)
 
-    def observed(self) -> bool:
-        """Whether a forward hook expects this module's output, the full logits."""
-        return bool(self._forward_hooks or self._forward_pre_hooks or nn.modules.module._global_forward_hooks
-                    or nn.modules.module._global_forward_pre_hooks)
-
     def loss(self, x, targets):
         """Mean cross-entropy of the logits of x against targets, `LOSS_CHUNK_LOGITS` logits at a time."""
         x, w = self.alpha_out * x.reshape(-1, x.size(-1)), self.weight
@@ -145,17 +138,13 @@ class GPT(nn.Module):
             self.head.weight = self.embed.wte.weight
 
     def forward(self, idx, targets=None):
-        """(logits, None) without targets; with them (None, mean cross-entropy), or (logits, loss) while a
-        hook observes the head."""
+        """(logits, None) without targets; with them (None, mean cross-entropy), the logits never whole."""
         if idx.shape[1] > self.cfg.block_size:
             raise ValueError(f"sequence length {idx.shape[1]} exceeds model.block_size={self.cfg.block_size}")
         h = self.embed(idx)
         for block in self.blocks:
             h = block(h)
         x = self.ln_f(h)
-        if targets is not None and not self.head.observed():
+        if targets is not None:
             return None, self.head.loss(x, targets)
-        logits = self.head(x)
-        if targets is None:
-            return logits, None
-        return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        return self.head(x), None

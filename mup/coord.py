@@ -32,9 +32,9 @@ AXES = {"width": "model.n_embd", "depth": "model.n_layer"}
 
 
 def sites(model) -> dict[str, torch.nn.Module]:
-    """The module whose output is each measured site (model.py is arranged so that each site is one)."""
-    return {"embed": model.embed, **{f"block_{i}": b for i, b in enumerate(model.blocks)},
-            "final_norm": model.ln_f, "logits": model.head}
+    """The module whose output is each measured site (model.py is arranged so that each site is one). The
+    logits are read off the final norm's output: a training forward never materializes them (chunked loss)."""
+    return {"embed": model.embed, **{f"block_{i}": b for i, b in enumerate(model.blocks)}, "final_norm": model.ln_f}
 
 
 class ActivationRMS:
@@ -44,11 +44,15 @@ class ActivationRMS:
     def __init__(self, model):
         self.squares = defaultdict(list)
         self.last_block = f"block_{len(model.blocks) - 1}"
+        self.head = model.head
         self.handles = [m.register_forward_hook(self._hook(name)) for name, m in sites(model).items()]
 
     def _hook(self, name):
         def hook(module, args, out):
             self.squares[name].append(out.detach().float().pow(2).mean())
+            if name == "final_norm":
+                with torch.no_grad():
+                    self.squares["logits"].append(self.head(out.detach()).float().pow(2).mean())
         return hook
 
     def read(self) -> dict[str, float]:

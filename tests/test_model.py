@@ -202,20 +202,21 @@ def test_chunked_loss_under_bf16_autocast_is_close():
     assert (g - r).norm() < 0.05 * r.norm()
 
 
-def test_hook_on_head_sees_full_logits():
-    """mup.coord reads the logits site with a forward hook on model.head: it gets the (B, T, vocab) logits,
-    and the loss is the same as without the hook."""
-    cfg = tiny()
+def test_loss_with_targets_is_the_cross_entropy_of_the_logits():
+    """With targets the model never builds the logits, yet its loss and gradients are those of the plain
+    cross-entropy of the logits it returns without targets."""
+    cfg = tiny(**{"model.tie_embeddings": False})
     model, _ = build_model(cfg)
     x, y = tokens(cfg), tokens(cfg, seed=1)
-    plain = model(x, y)[1]
-    seen = []
-    handle = model.head.register_forward_hook(lambda m, a, out: seen.append(out))
-    logits, loss = model(x, y)
-    handle.remove()
-    assert len(seen) == 1 and seen[0].shape == (2, cfg.model.block_size, cfg.model.vocab_size)
-    assert logits is seen[0]
-    torch.testing.assert_close(loss, plain)
+    logits, none = model(x)
+    ref = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+    ref_grads = torch.autograd.grad(ref, [model.head.weight, model.blocks[0].attn.q.weight])
+    no_logits, loss = model(x, y)
+    grads = torch.autograd.grad(loss, [model.head.weight, model.blocks[0].attn.q.weight])
+    assert none is None and no_logits is None
+    torch.testing.assert_close(loss, ref)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
 
 
 def test_chunk_rows():
