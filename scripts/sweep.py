@@ -21,6 +21,17 @@ SIGTERM (or SIGUSR2) stops the sweep: it is passed on to every running train.py,
 exits (run.json: interrupted), no further run starts, and the sweep exits 143 (128 + the signal); Ctrl-C
 likewise (130). DIR/sweep.json lists every run's overrides, for plot.py. --dry-run prints the runs and the
 GPU-hours they need without starting anything.
+
+Local workers each get their own GPUs (CUDA_VISIBLE_DEVICES) and an equal share of the CPU threads (of
+OMP_NUM_THREADS if set, else of this process's cores), divided again among a run's torchrun ranks.
+
+--backend slurm submits one job per run (a submitit job array) with --gpus-per-run GPUs and --cpus-per-gpu
+CPUs per GPU; each of a run's ranks gets OMP_NUM_THREADS = the job's CPUs / its GPUs. A job runs `sweep.py
+SWEEP --only NAME`, which launches the run's train.py (or torchrun) with train.resume=auto under the run's
+lock. Jobs are checkpointable: Slurm sends SIGUSR2 120 s (SIGNAL_DELAY_S) before the time limit, and at
+preemption where the cluster is set up to; the run checkpoints and exits, the job requeues itself (on a time
+limit up to 3 times, submitit's default) and the requeued job resumes the run where it stopped.
+--backend local-submitit runs the same jobs as local processes, all at once, each with its own GPUs.
 """
 
 import argparse
@@ -56,6 +67,14 @@ NOT_STARTED = "not started"  # what launch returns for a run it did not start be
 LOCK = ".lock"  # in each run directory, held by the process running that run
 STDERR_TAIL = 2000  # characters of a failed run's stderr kept in its run.json
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+TORCHRUN = "torch.distributed.run"
+# Slurm jobs: SIGUSR2 this many seconds before the time limit (sbatch --signal=USR2@120; at most half the
+# limit). Of it, a job gives its run STOP_SHARE to reach a step boundary, checkpoint and exit, then requeues.
+SIGNAL_DELAY_S = 120
+LOCAL_SIGNAL_DELAY_S = 30  # submitit's local executor's (AutoExecutor cannot set it)
+STOP_SHARE = 0.75
+TORCHRUN_SHUTDOWN_S = 90  # torchrun's wait for its ranks to checkpoint after a stop signal, then SIGKILL
+CPUS_PER_GPU = 8  # default --cpus-per-gpu of a Slurm job
 # Exit codes of a train.py stopped by a signal (it checkpointed, or was killed before it could): resumable.
 SIGNALLED = (128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT, -signal.SIGUSR2)
 
@@ -69,6 +88,13 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def ignore_sigusr2() -> None:
+    """In a torchrun child, before exec: torchrun neither handles nor passes on SIGUSR2, so the SIGUSR2 that
+    Slurm sends to every process of a job would kill it mid-checkpoint; ignored, it is left to the ranks
+    (train.py handles it itself) and to the SIGTERM a sweep passes on, which torchrun forwards."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 class Children:
@@ -95,6 +121,8 @@ class Children:
         with self._lock:  # a child started here is in _procs before the next signal is handled
             if self.signal is not None:
                 return None
+            if TORCHRUN in cmd:
+                popen.setdefault("preexec_fn", ignore_sigusr2)
             proc = subprocess.Popen(cmd, **popen)
             self._procs.add(proc)
         try:
@@ -107,7 +135,8 @@ class Children:
 def command(sweep: Sweep, run: Run, gpus_per_run: int) -> list[str]:
     launcher = [sys.executable]
     if gpus_per_run > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus_per_run}"]
+        launcher += ["-m", TORCHRUN, "--standalone", f"--nproc_per_node={gpus_per_run}",
+                     f"--shutdown-timeout={TORCHRUN_SHUTDOWN_S}"]
     return [*launcher, str(TRAIN), str(sweep.base), *train_args(run.overrides, run.dir)]
 
 
@@ -170,17 +199,31 @@ def visible_gpus() -> list[str]:
     return listed.split(",")[:n] if listed else [str(i) for i in range(n)]
 
 
-def worker_envs(workers: int, gpus_per_run: int) -> list[dict]:
-    """Each local worker's environment: its own GPUs, and an equal share of the CPU threads."""
-    threads = int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
-    envs = [{"OMP_NUM_THREADS": str(max(1, threads // workers))} for _ in range(workers)]
+def cpu_threads() -> int:
+    """The CPU threads this machine's runs share: OMP_NUM_THREADS if set, else the cores this process may use."""
+    return int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
+
+
+def gpu_slices(n: int, gpus_per_run: int, what: str, advice: str = "") -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES of `n` runs going at once, each its own `gpus_per_run` of the visible GPUs (None
+    each where none is visible: CPU runs)."""
     gpus = visible_gpus()
-    if gpus:
-        if workers * gpus_per_run > len(gpus):
-            raise ConfigError(f"--workers {workers} x --gpus-per-run {gpus_per_run} needs more than the"
-                              f" {len(gpus)} visible GPUs")
-        for i, env in enumerate(envs):
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * gpus_per_run : (i + 1) * gpus_per_run])
+    if not gpus:
+        return [None] * n
+    if n * gpus_per_run > len(gpus):
+        raise ConfigError(f"{what} x --gpus-per-run {gpus_per_run} needs more than the {len(gpus)} visible GPUs"
+                          + advice)
+    return [",".join(gpus[i * gpus_per_run : (i + 1) * gpus_per_run]) for i in range(n)]
+
+
+def worker_envs(workers: int, gpus_per_run: int) -> list[dict]:
+    """Each local worker's environment: its own GPUs, and an equal share of the CPU threads for each of its
+    run's processes (torchrun ranks)."""
+    per_rank = str(max(1, cpu_threads() // (workers * gpus_per_run)))
+    envs = [{"OMP_NUM_THREADS": per_rank} for _ in range(workers)]
+    for env, gpus in zip(envs, gpu_slices(workers, gpus_per_run, f"--workers {workers}")):
+        if gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpus
     return envs
 
 
@@ -212,22 +255,117 @@ def run_local(sweep: Sweep, runs: list[Run], workers: int, gpus_per_run: int, ch
     return statuses
 
 
+class RunJob:
+    """What a submitit job runs: `cmd` (this script with --only NAME, which launches the run's train.py or
+    torchrun with train.resume=auto under the run's lock) with `env` added to the job's environment.
+
+    Checkpointable, as submitit wants it: on SIGUSR2 (Slurm sends it signal_delay_s before the time limit,
+    and at preemption where the cluster is set up so) submitit calls checkpoint(), which sends SIGTERM to
+    `cmd` (it passes it on to train.py, or to torchrun, which passes it on to its ranks: train.py
+    checkpoints at the next step boundary and exits), waits up to `stop_wait_s` for it to end and returns
+    this job again, which submitit requeues; the requeued job continues the run from its checkpoint. Only the standard library is used here, so that the
+    class pickles by value and a job unpickles it wherever it runs, whatever its sys.path."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict, stop_wait_s: float):
+        self.name, self.cmd, self.env, self.stop_wait_s = name, list(cmd), dict(env), stop_wait_s
+        self._proc, self._stopped = None, False
+
+    def __getstate__(self):  # the running process stays behind: a requeued job starts its own
+        return {k: v for k, v in self.__dict__.items() if k not in ("_proc", "_stopped")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _proc=None, _stopped=False)
+
+    def __repr__(self):
+        return f"RunJob({self.name})"
+
+    def __call__(self) -> int:
+        self._proc = subprocess.Popen(self.cmd, env={**os.environ, **self.env})
+        code = self._proc.wait()  # under submitit, checkpoint() runs in here and the job exits from it
+        if code != 0 and not self._stopped:
+            stopped = " (stopped by a signal: its run resumes when the sweep is run again)" if code > 128 else ""
+            raise RuntimeError(f"{shlex.join(self.cmd)} exited with code {code}{stopped}")
+        return code
+
+    def stop(self) -> bool:
+        """SIGTERM the running command and wait until it has ended (without reaping it: the wait in
+        __call__, which this may interrupt, does that). False if it is still running after stop_wait_s."""
+        proc, self._stopped = self._proc, True
+        if proc is None:
+            return True
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_wait_s
+        while True:
+            try:
+                if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                    return True
+            except ChildProcessError:  # reaped already
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+    def checkpoint(self):
+        """Called by submitit's SIGUSR2 handler: stop the run at a checkpoint, then requeue this job."""
+        from submitit.helpers import DelayedSubmission
+
+        if not self.stop():
+            print(f"{self.name}: still running {self.stop_wait_s:.0f} s after SIGTERM; requeued anyway (it"
+                  f" resumes from its last checkpoint)", file=sys.stderr, flush=True)
+        return DelayedSubmission(self)
+
+
+def signal_delay_s(time_min: int, cluster: str = "slurm") -> int:
+    """Seconds before a job's time limit that it gets SIGUSR2: SIGNAL_DELAY_S, at most half the limit."""
+    return min(SIGNAL_DELAY_S if cluster == "slurm" else LOCAL_SIGNAL_DELAY_S, time_min * 30)
+
+
+def submitit_jobs(sweep: Sweep, runs: list[Run], args, cluster: str) -> tuple[dict, list[RunJob]]:
+    """The executor's parameters and one checkpointable job per run.
+
+    Slurm: each job has --gpus-per-run GPUs and --cpus-per-gpu CPUs per GPU (or --cpus-per-run in all); its
+    run gets them all as OMP_NUM_THREADS, which the job's sweep.py divides among the torchrun ranks (srun is
+    told the CPUs again: that of Slurm 22.05-23.02 does not pass them on to the job step). Local (submitit's
+    local executor starts every job at once): each job gets its own GPUs (a ConfigError if there are too
+    few) and an equal share of the CPU threads."""
+    gpus, local = args.gpus_per_run, cluster == "local"
+    if local:
+        cpus = max(1, cpu_threads() // len(runs))
+        slices = gpu_slices(len(runs), gpus, f"--backend local-submitit starts every job at once: {len(runs)} runs",
+                            "; use --backend local (a pool of --workers), or fewer runs with --only")
+    else:
+        cpus = args.cpus_per_run or args.cpus_per_gpu * gpus
+        slices = [None] * len(runs)  # Slurm gives each job its own GPUs
+    delay = signal_delay_s(args.time_min, cluster)
+    params = dict(name=f"sweep-{sweep.file.stem}", timeout_min=args.time_min, nodes=1, tasks_per_node=1,
+                  gpus_per_node=0 if local else gpus, cpus_per_task=cpus, slurm_partition=args.partition,
+                  slurm_account=args.account, slurm_array_parallelism=args.array_parallelism,
+                  slurm_signal_delay_s=delay, slurm_srun_args=[f"--cpus-per-task={cpus}"])
+    base = [sys.executable, str(Path(__file__).resolve()), str(sweep.file.resolve()), "--out", str(args.out),
+            "--gpus-per-run", str(gpus), "--workers", "1", "--only"]
+    jobs = []
+    for run, cuda in zip(runs, slices):
+        env = {"OMP_NUM_THREADS": str(cpus)}
+        if cuda is not None:
+            env["CUDA_VISIBLE_DEVICES"] = cuda
+        jobs.append(RunJob(run.name, [*base, run.name], env, stop_wait_s=delay * STOP_SHARE))
+    return params, jobs
+
+
 def run_submitit(sweep: Sweep, runs: list[Run], args, cluster: str, children: Children) -> dict:
-    """One job per run, as a Slurm job array (or local processes, for testing). Each job is this script
-    with --only NAME, so a job launches and records its run exactly as the local backend does. A stop
-    signal ends the waiting, not the jobs. Returns {run name: status} of the runs whose jobs ended."""
+    """One checkpointable job per run (RunJob), as a Slurm job array (or local processes, for testing): a
+    job launches and records its run exactly as the local backend does. A stop signal ends the waiting,
+    not the jobs. Returns {run name: status} of the runs whose jobs ended."""
+    import cloudpickle
     import submitit
 
+    if RunJob.__module__ != "__main__":  # imported (tests): a job cannot import this script's module
+        cloudpickle.register_pickle_by_value(sys.modules[RunJob.__module__])
+    params, run_jobs = submitit_jobs(sweep, runs, args, cluster)
     executor = submitit.AutoExecutor(folder=args.out / "submitit", cluster=cluster)
-    executor.update_parameters(
-        name=f"sweep-{sweep.file.stem}", timeout_min=args.time_min, nodes=1, tasks_per_node=1,
-        gpus_per_node=args.gpus_per_run, cpus_per_task=args.cpus_per_run, slurm_partition=args.partition,
-        slurm_account=args.account, slurm_array_parallelism=args.array_parallelism,
-    )
-    job = submitit.helpers.CommandFunction([sys.executable, str(Path(__file__).resolve()), str(sweep.file),
-                                            "--out", str(args.out), "--gpus-per-run", str(args.gpus_per_run),
-                                            "--only"])
-    jobs = executor.map_array(job, [run.name for run in runs])
+    executor.update_parameters(**params)
+    with executor.batch():
+        jobs = [executor.submit(job) for job in run_jobs]
     print(f"submitted {len(jobs)} jobs ({cluster} {jobs[0].job_id.split('_')[0]}); logs in {args.out / 'submitit'}")
     waiting, statuses = dict(zip(jobs, runs)), {}
     with tqdm(total=len(jobs), desc="sweep", unit="run") as bar:
@@ -279,7 +417,7 @@ def report_stop(statuses: dict, pending: list[Run], signum: int) -> int:
     return 128 + signum
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep", type=Path, help="sweep YAML (see configs/sweeps/)")
     ap.add_argument("--out", type=Path, required=True, help="directory of the sweep: one subdirectory per run")
@@ -294,10 +432,31 @@ def main(argv=None) -> int:
     slurm.add_argument("--partition")
     slurm.add_argument("--account")
     slurm.add_argument("--time-min", type=positive_int, default=240, help="time limit of each job, in minutes")
-    slurm.add_argument("--cpus-per-run", type=positive_int, default=8)
+    slurm.add_argument("--cpus-per-gpu", type=positive_int, default=CPUS_PER_GPU,
+                       help="CPUs of a job per GPU: cpus_per_task = this x --gpus-per-run (default %(default)s)")
+    slurm.add_argument("--cpus-per-run", type=positive_int, help="CPUs of a job in all (instead of --cpus-per-gpu)")
     slurm.add_argument("--array-parallelism", type=positive_int, default=64, help="jobs of the array running at once")
     args = ap.parse_args(argv)
     args.out = args.out.resolve()
+    return args
+
+
+def describe_jobs(params: dict, jobs: list[RunJob], gpus_per_run: int, cluster: str) -> str:
+    """One line on what each submitit job gets, for --dry-run."""
+    threads = max(1, int(jobs[0].env["OMP_NUM_THREADS"]) // gpus_per_run)
+    if cluster == "slurm":
+        gpus = f"{gpus_per_run} GPU" + "s" * (gpus_per_run > 1)
+    else:
+        slices = [job.env.get("CUDA_VISIBLE_DEVICES") for job in jobs]
+        gpus = f"GPUs {' | '.join(slices)}" if slices[0] is not None else "no GPU"
+    return (f"{cluster} jobs: {len(jobs)} x ({gpus}, {params['cpus_per_task']} CPUs, OMP_NUM_THREADS={threads} per"
+            f" rank), {params['timeout_min']} min each; SIGUSR2 {signal_delay_s(params['timeout_min'], cluster)} s"
+            f" before the limit checkpoints the run and requeues the job")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cluster = {"slurm": "slurm", "local-submitit": "local"}.get(args.backend)
     try:
         sweep = load_sweep(args.sweep, args.out)
         runs = sweep.runs
@@ -319,11 +478,15 @@ def main(argv=None) -> int:
                               f" {args.sweep} now gives (e.g. {stale[0]}); delete them or use another --out")
         pending = [run for run in runs if recorded[run.name].get("status") not in FINISHED]
         workers = args.workers or max(1, len(visible_gpus()) // args.gpus_per_run)
+        if pending and cluster:  # refuse what the GPUs cannot serve, up front
+            params, jobs = submitit_jobs(sweep, pending, args, cluster)
+        elif pending:
+            worker_envs(workers, args.gpus_per_run)
         if args.dry_run:
             dry_run(sweep, pending, args.gpus_per_run)
+            if pending and cluster:
+                print(describe_jobs(params, jobs, args.gpus_per_run, cluster))
             return 0
-        if pending and args.backend == "local":
-            worker_envs(workers, args.gpus_per_run)  # refuse a worker count the GPUs cannot serve, up front
     except ConfigError as e:
         print(f"sweep error: {e}", file=sys.stderr)
         return 2
@@ -339,7 +502,7 @@ def main(argv=None) -> int:
         if pending and args.backend == "local":
             statuses = run_local(sweep, pending, workers, args.gpus_per_run, children)
         elif pending:
-            statuses = run_submitit(sweep, pending, args, "slurm" if args.backend == "slurm" else "local", children)
+            statuses = run_submitit(sweep, pending, args, cluster, children)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

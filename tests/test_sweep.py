@@ -206,7 +206,7 @@ def test_sigterm_stops_the_running_runs_at_a_checkpoint_and_a_rerun_resumes_them
     out = tmp_path / "out"
     running, queued = [out / "log2_lr=-7", out / "log2_lr=-6"], out / "log2_lr=-5"
     cmd = [*SWEEP_PY, str(path), "--out", str(out), "--workers", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "CUDA_VISIBLE_DEVICES": ""}  # CPU runs: 2 workers on any machine
 
     def interrupt(condition):
         """Start the sweep, SIGTERM it once `condition` holds; its exit code and stderr."""
@@ -239,7 +239,8 @@ def test_sigterm_stops_the_running_runs_at_a_checkpoint_and_a_rerun_resumes_them
         assert status(d)["status"] == "interrupted" and status(d)["step"] > step
 
 
-def test_submitit_backend_runs_a_two_run_sweep(tmp_path, tiny_corpus):
+def test_submitit_backend_runs_a_two_run_sweep(tmp_path, tiny_corpus, monkeypatch):
+    monkeypatch.setattr(sweep, "visible_gpus", lambda: [])  # CPU runs, both at once, on any machine
     path = write_sweep(tmp_path / "s.yaml", {"log2_lr": [-7, -6]}, {**TINY_SWEEP, "data.dataset": str(tiny_corpus)})
     out = tmp_path / "out"
     assert sweep.main([str(path), "--out", str(out), "--backend", "local-submitit", "--time-min", "5"]) == 0
@@ -272,9 +273,11 @@ def test_shipped_sweeps_are_valid_and_dry_run_prints_gpu_hours(tmp_path, capsys)
 
 
 def test_the_batch_must_divide_across_each_runs_gpus(tmp_path, capsys):
-    args = [str(ROOT / "configs" / "sweeps" / "width.yaml"), "--out", str(tmp_path), "--dry-run"]
-    assert sweep.main([*args, "--gpus-per-run", "4"]) == 2  # 240 sequences are not 24 x 4 x k
-    assert "24 x 4 ranks" in capsys.readouterr().err
+    path = write_sweep(tmp_path / "s.yaml", {"log2_lr": [-7]}, {**TINY_SWEEP, "train.batch_size": 16})
+    args = [str(path), "--out", str(tmp_path / "out"), "--dry-run"]
+    assert sweep.main([*args, "--gpus-per-run", "2"]) == 0  # 16 sequences = 4 x 2 ranks x 2
+    assert sweep.main([*args, "--gpus-per-run", "3"]) == 2  # 16 sequences are not 4 x 3 x k
+    assert "4 x 3 ranks" in capsys.readouterr().err
 
 
 def test_finished_runs_of_another_config_are_not_silently_kept(tmp_path, launches, capsys):
