@@ -134,13 +134,14 @@ def loop(run: Run, log: Log, stop: StopRequest) -> str:
     window_t0, window_steps, paused = time.time(), 0, 0.0  # throughput leaves checkpoints and evals out
     if cfg.log.spectral_interval:
         from mup import spectral  # optional diagnostics
-    for step in range(run.step, t.max_iters):
+    first = run.step
+    for step in range(first, t.max_iters):
         spectral_due = cfg.log.spectral_interval and (step + 1) % cfg.log.spectral_interval == 0
         before = spectral.snapshot(run.raw, run.table) if spectral_due else None
         run.window_sum += train_step(run.model, run.opt, run.batches, step, cfg, rt, run.raw)
         nonfinite |= ~torch.isfinite(run.window_sum)
         run.step, window_steps = step + 1, window_steps + 1
-        if step == 0 and t.compile:  # the first step compiles: time it on its own, keep it out of tokens/s
+        if step == first and t.compile:  # this process's first step compiles: timed on its own, not in tokens/s
             log.say(f"first step (compiles the model): {time.time() - window_t0:.1f} s")
             window_t0, window_steps = time.time(), 0
         done = run.step
