@@ -142,6 +142,8 @@ def loop(run: Run, log: Log, stop: StopRequest) -> str:
         nonfinite |= ~torch.isfinite(run.window_sum)
         run.step, window_steps = step + 1, window_steps + 1
         if step == first and t.compile:  # this process's first step compiles: timed on its own, not in tokens/s
+            if rt.device.type == "cuda":
+                torch.cuda.synchronize()
             log.say(f"first step (compiles the model): {time.time() - window_t0:.1f} s")
             window_t0, window_steps = time.time(), 0
         done = run.step
