@@ -12,9 +12,10 @@ GPU memory of every shipped run that the configs' micro-batches are chosen from.
 (c) Bytes autograd saves per token per block, divided by the width n (bfloat16 autocast, eager, no
     checkpointing): the per-block activation figure of (d). Weights' bf16 copies are excluded by taking the
     difference between two batch sizes; a tensor saved by several ops counts once.
-(d) The estimated peak GPU memory of every GPU run of configs/ and configs/sweeps/ at its micro-batch (bf16
-    eager, no checkpointing, chunked loss; torch.compile only lowers it): fp32 weights and gradients,
-    optimizer state, bf16 weight copies, DDP's gradient buckets, (c)'s activations, the loss's chunk.
+(d) The estimated peak GPU memory of every GPU run of configs/ and configs/sweeps/ at its micro-batch on 8
+    ranks: experiments.cost.peak_memory_gib (bf16 eager, chunked loss; torch.compile only lowers it): fp32
+    weights and gradients, optimizer state, bf16 weight copies, DDP's gradient buckets, (c)'s activations
+    (experiments.cost.ACTIVATION_BYTES, the rounded result of (c)), the loss's chunk.
 
 Peak memory on CPU: torch keeps no allocator statistics there, so torch.profiler(profile_memory=True) records
 every allocation and free of the measured call, and the peak is the high point of their running sum: exactly
@@ -26,8 +27,6 @@ do not depend on the machine's load, unlike the timings of the other benchmarks.
 """
 
 import argparse
-import dataclasses
-import functools
 import json
 import os
 import tempfile
@@ -39,19 +38,15 @@ from torch.profiler import ProfilerActivity, profile
 
 import model as model_module
 from bench.common import gpt_overrides, print_table, record
-from config import Config, ModelConfig, load_config
-from model import GPT, Head
+from config import Config, from_flat, load_config, read_yaml
+from experiments.cost import ACTIVATION_BYTES, CARD_GIB, CHOICE_GIB, peak_memory_gib
+from experiments.grid import load_sweep, sweep_files
+from model import Head
 from mup.scaling import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
 N_EMBD, N_LAYER, SEQ, VOCAB = 256, 4, 1024, 50304
-# (c)'s result, rounded: saved bytes per token per block, per unit of width, in bf16 autocast, with and without
-# LayerNorm (measured 40.1-40.2 and 32.1 at n = 128, 256).
-ACTIVATION_BYTES = {"layernorm": 40, "none": 32}
-# The configs' micro-batches divide batch / 8 and keep (d)'s estimate within CHOICE_GIB, half an 80 GB card (room
-# for fragmentation, the CUDA context, NCCL, the estimate's error); tests/test_configs.py holds every GPU run to
-# CARD_GIB, what torch sees of an 80 GB H100 (79.2 GiB) less 10%.
-CHOICE_GIB, CARD_GIB = 40, 71
 
 
 def peak_bytes(fn) -> int:
@@ -161,62 +156,13 @@ def activation_bytes(n: int, norm: str) -> float:
     return (per_block[2] - per_block[1]) / SEQ / n
 
 
-@functools.cache
-def parameter_counts(model_values: tuple) -> dict:
-    """Of a ModelConfig (as a tuple): all parameters, those of the blocks' matrices (the hidden ones), the sum of
-    rows^2 + cols^2 over those (a Shampoo-type preconditioner's size) and their longest side; on the meta device."""
-    with torch.device("meta"):
-        model = GPT(ModelConfig(*model_values))
-    hidden = [p.shape for name, p in model.named_parameters() if name.startswith("blocks.") and p.ndim == 2]
-    return {"total": sum(p.numel() for p in model.parameters()), "hidden": sum(r * c for r, c in hidden),
-            "sides": sum(r * r + c * c for r, c in hidden), "longest": max((max(s) for s in hidden), default=0)}
-
-
-def optimizer_bytes(name: str, counts: dict) -> tuple[float, float]:
-    """(state kept between steps, transient workspace of a step) in bytes, for optim.name `name`."""
-    total, hidden, sides, longest = counts["total"], counts["hidden"], counts["sides"], counts["longest"]
-    rest = 8 * (total - hidden)  # AdamW's two moments for what the hidden-matrix optimizers leave to it
-    if name in ("muon_kimi", "muon", "sso"):
-        return 4 * hidden + rest, 0  # one momentum buffer
-    if name == "shampoo":  # L, R and their inverse roots in fp32; float64 eigh of the longest side
-        return 8 * sides + rest, 24 * longest**2
-    if name == "soap":  # Adam's moments in the eigenbasis, L, R and their eigenbases
-        return 8 * hidden + 8 * sides + rest, 24 * longest**2
-    if name in ("lion", "sgd"):
-        return 4 * total, 0
-    return 8 * total, 0  # adamw, sophia (moment and Hessian estimate), and any optimizer not listed here
-
-
-def estimate_gib(cfg: Config, world: int = 8) -> dict:
-    """(d): the peak GPU memory of one rank training `cfg` at its micro-batch, by part, in GiB."""
-    m, t = cfg.model, cfg.train
-    counts = parameter_counts(dataclasses.astuple(m))
-    total = counts["total"]
-    state, transient = optimizer_bytes(cfg.optim.name, counts)
-    tokens = t.micro_batch_size * m.block_size
-    chunk = min(model_module.LOSS_CHUNK_LOGITS, tokens * m.vocab_size)
-    parts = {
-        "weights + grads": 8 * total,
-        "optimizer": state + transient,
-        "bf16 weight copies": 2 * total,
-        "DDP buckets": 4 * total if world > 1 else 0,
-        "activations": ACTIVATION_BYTES[m.norm] * m.n_embd * m.n_layer * tokens,
-        # the chunk's logits in fp32 and bf16, the fp32 weight-gradient scratch, the input and its gradient
-        "loss": 6 * chunk + 4 * m.vocab_size * m.n_embd + 12 * tokens * m.n_embd,
-    }
-    parts = {k: v / 2**30 for k, v in parts.items()}
-    return {**parts, "total": sum(parts.values())}
-
-
 def gpu_runs() -> dict[str, Config]:
-    """Every GPU run of configs/ (top level) and configs/sweeps/, by name (sweeps at every grid point)."""
-    from tests.test_configs import run_configs, sweep_runs  # the test's expansion of the sweep files
-
-    runs = {}
-    for path, cfg in run_configs():
-        runs[str(path.relative_to(ROOT))] = cfg
-    for path, name, cfg in sweep_runs():
-        runs[f"{path.relative_to(ROOT)} {name}"] = cfg
+    """Every GPU run of configs/ (top level) and configs/sweeps/, by name (sweeps at every grid point, expanded
+    by experiments.grid as scripts/sweep.py expands them)."""
+    runs = {str(path.relative_to(ROOT)): from_flat(read_yaml(path)) for path in sorted(CONFIGS.glob("*.yaml"))}
+    for path in sweep_files(CONFIGS / "sweeps"):
+        for run in load_sweep(path, Path(path.stem)).runs:  # the out dir only names run.dir: nothing is written
+            runs[f"{path.relative_to(ROOT)} {run.name}"] = run.config
     return {k: c for k, c in runs.items() if c.train.device != "cpu"}
 
 
@@ -258,10 +204,11 @@ def main(argv=None):
     act = {f"{norm} n={n}": activation_bytes(n, norm) for norm in ("layernorm", "none") for n in (128, 256)}
     results["activation_bytes_per_token_per_block_per_n"] = act
     print_table([{"case": k, "bytes / token / block / n": v} for k, v in act.items()],
-                "(c) saved activations, bf16 autocast, eager")
+                f"(c) saved activations, bf16 autocast, eager (the estimate's experiments.cost.ACTIVATION_BYTES:"
+                f" {ACTIVATION_BYTES})")
 
     runs = gpu_runs()
-    estimates = {name: estimate_gib(cfg) for name, cfg in runs.items()}
+    estimates = {name: peak_memory_gib(cfg, world=8) for name, cfg in runs.items()}
     results["estimates_gib"] = estimates
     largest = {}
     for name, e in estimates.items():  # the largest run of each file

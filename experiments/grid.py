@@ -122,6 +122,13 @@ def read_sweep_file(path: Path) -> dict:
     return spec
 
 
+def sweep_files(directory: Path) -> list[Path]:
+    """The sweep files of `directory` (its *.yaml with a grid:), sorted; the run configs the sweeps take as
+    their base (configs/sweeps/tiny_base.yaml) are left out."""
+    paths = sorted(Path(directory).glob("*.yaml"))
+    return [path for path in paths if "grid" in (yaml.safe_load(path.read_text()) or {})]
+
+
 def load_sweep(path: Path, out: Path) -> Sweep:
     """The expanded grid, every run validated; a ConfigError names the first bad run and key."""
     path = Path(path)

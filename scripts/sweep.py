@@ -20,7 +20,9 @@ crash is recorded in the run's run.json (status failed, stderr tail) and the oth
 SIGTERM (or SIGUSR2) stops the sweep: it is passed on to every running train.py, which checkpoints and
 exits (run.json: interrupted), no further run starts, and the sweep exits 143 (128 + the signal); Ctrl-C
 likewise (130). DIR/sweep.json lists every run's overrides, for plot.py. --dry-run prints the runs and the
-GPU-hours they need without starting anything.
+GPU-hours they need without starting anything, and each run's estimated peak GPU memory per GPU at its
+micro-batch on --gpus-per-run GPUs (experiments/cost.py; `-` for CPU runs), marking OVER 80 GB the runs that
+would not fit an 80 GB GPU.
 
 Local workers each get their own GPUs (CUDA_VISIBLE_DEVICES) and an equal share of the CPU threads (of
 OMP_NUM_THREADS if set, else of this process's cores), divided again among a run's torchrun ranks.
@@ -386,15 +388,45 @@ def run_submitit(sweep: Sweep, runs: list[Run], args, cluster: str, children: Ch
     return statuses
 
 
+OVER = "OVER 80 GB"  # --dry-run's mark on a run whose estimated peak GPU memory exceeds cost.CARD_GIB
+
+
+def memory_column(run: Run, gpus_per_run: int) -> tuple[str, float | None]:
+    """A run's estimated peak GPU memory per GPU at its micro-batch, on `gpus_per_run` ranks (weights, grads,
+    optimizer state, activations, DDP buckets: experiments.cost.peak_memory_gib), as --dry-run prints it, and
+    the GiB; `-` and None for a CPU run (train.device cpu), which needs no GPU."""
+    if run.config.train.device == "cpu":
+        return "- GiB/GPU", None
+    gib = cost.peak_memory_gib(run.config, gpus_per_run)["total"]
+    return f"{gib:.3g} GiB/GPU", gib
+
+
 def dry_run(sweep: Sweep, pending: list[Run], gpus_per_run: int) -> None:
+    """Each run (`run` or `skip` if finished) with its tokens, FLOPs per token, estimated peak GPU memory per GPU
+    and GPU-hours; runs whose memory estimate exceeds cost.CARD_GIB end with OVER 80 GB; then the totals."""
     todo = {run.name for run in pending}
     total = remaining = 0.0
+    peaks = {}
     for run in sweep.runs:
         flops, tokens = cost.train_flops(run.config), cost.run_tokens(run.config)
         total += flops
         remaining += flops if run.name in todo else 0.0
+        memory, gib = memory_column(run, gpus_per_run)
+        if gib is not None:
+            peaks[run.name] = gib
         print(f"{'run ' if run.name in todo else 'skip'}  {run.name}  {tokens / 1e6:.4g}M tokens"
-              f"  {flops / tokens / 1e9:.3g} GFLOP/token  {cost.gpu_hours(flops):.3g} GPU-h")
+              f"  {flops / tokens / 1e9:.3g} GFLOP/token  {memory}  {cost.gpu_hours(flops):.3g} GPU-h"
+              + (f"  {OVER}" if gib is not None and gib > cost.CARD_GIB else ""))
+    if peaks:  # the GPU runs' memory, before the totals line (scripts/reproduce.sh reads that one)
+        over = sum(gib > cost.CARD_GIB for gib in peaks.values())
+        gpus = f"{gpus_per_run} GPU{'s' * (gpus_per_run > 1)}"
+        if over:
+            print(f"{over} runs over an 80 GB GPU (estimated peak above {cost.CARD_GIB} GiB per GPU on {gpus}): use"
+                  f" model.activation_checkpointing=true or a smaller train.micro_batch_size")
+        else:
+            largest = max(peaks, key=peaks.get)
+            print(f"every GPU run fits an 80 GB GPU: largest estimated peak {peaks[largest]:.3g} GiB per GPU on"
+                  f" {gpus} ({largest}), limit {cost.CARD_GIB} GiB")
     print(f"{len(sweep.runs)} runs ({len(pending)} to run): {cost.gpu_hours(total):.3g} {cost.GPU}-hours"
           f" ({cost.gpu_hours(remaining):.3g} to run), training FLOPs {total:.3g} ({remaining:.3g} to run) at"
           f" {cost.MFU:.0%} MFU of {cost.PEAK / 1e12:.0f} TFLOP/s (dense bf16); evaluation not counted")
@@ -426,7 +458,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--backend", choices=("local", "slurm", "local-submitit"), default="local",
                     help="local: a pool of processes here; slurm: a submitit job array; local-submitit: the"
                          " slurm path with local processes (for testing)")
-    ap.add_argument("--dry-run", action="store_true", help="validate, print the runs and their GPU-hours, run nothing")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="validate, print the runs, their GPU-hours and estimated peak GPU memory, run nothing")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these runs of the sweep")
     slurm = ap.add_argument_group("slurm")
     slurm.add_argument("--partition")

@@ -1,19 +1,17 @@
 """Every shipped run validates on the GPU counts the README promises: each run config under configs/, every
 run of every sweep under configs/sweeps/, and the run settings of every coordinate check under configs/coord/
 (1, 2, 4 and 8 ranks for GPU runs, 1 and 2 for the CPU-tiny ones); and every GPU run at its micro-batch fits
-an 80 GB GPU by bench/memory.py's estimate."""
+an 80 GB GPU by experiments.cost's estimate. Sweep files are expanded by experiments.grid, as sweep.py does."""
 
-import itertools
 from pathlib import Path
 
 import pytest
-import yaml
 
 from config import ConfigError, from_flat, read_yaml, validate
+from experiments import cost, grid
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-LOG2 = {"log2_lr": "optim.lr", "log2_wd": "optim.weight_decay"}  # sweep shorthands: x stands for key = 2**x
 GPU_WORLDS, CPU_WORLDS = (1, 2, 4, 8), (1, 2)
 
 
@@ -22,33 +20,11 @@ def run_configs():
     return [(path, from_flat(read_yaml(path))) for path in sorted(CONFIGS.glob("*.yaml"))]
 
 
-def grid_points(grid) -> list[dict]:
-    """The grid's points: a mapping of key -> list is a cartesian product, a list of mappings their union."""
-    points = []
-    for sub in grid if isinstance(grid, list) else [grid]:
-        points += [dict(zip(sub, combo)) for combo in itertools.product(*sub.values())]
-    return points
-
-
 def sweep_runs():
-    """(path, name, Config) of every run of every sweep under configs/sweeps/: base, then overrides, then the
-    grid point, then the seed."""
-    runs = []
-    for path in sorted((CONFIGS / "sweeps").glob("*.yaml")):
-        spec = yaml.safe_load(path.read_text())
-        if "grid" not in spec:  # a base run config of the sweeps (tiny_base.yaml), not a sweep
-            continue
-        base = read_yaml(path.parent / spec["base"])
-        for point in grid_points(spec["grid"]):
-            for seed in spec.get("seeds") or [None]:
-                values = {**base, **(spec.get("overrides") or {})}
-                for key, value in point.items():
-                    values[LOG2.get(key, key)] = 2.0**value if key in LOG2 else value
-                if seed is not None:
-                    values["train.seed"] = seed
-                name = ",".join(f"{k}={v}" for k, v in point.items()) + ("" if seed is None else f",seed={seed}")
-                runs.append((path, name, from_flat(values)))
-    return runs
+    """(path, name, Config) of every run of every sweep under configs/sweeps/ (the base run configs of the sweeps,
+    such as tiny_base.yaml, are not sweeps), as experiments.grid expands them for scripts/sweep.py."""
+    return [(path, run.name, run.config) for path in grid.sweep_files(CONFIGS / "sweeps")
+            for run in grid.load_sweep(path, Path(path.stem)).runs]  # the out dir only names run.dir
 
 
 def coord_configs():
@@ -104,12 +80,10 @@ def test_gpu_configs_are_the_paper_scale_ones():
 
 
 def test_every_gpu_run_fits_an_80gb_gpu():
-    """bench/memory.py's estimate (bf16 eager, no activation checkpointing, 8 ranks) of every GPU run of every
-    config and sweep, at the micro-batch the file sets, fits an 80 GB card with 10% to spare."""
-    from bench.memory import CARD_GIB, estimate_gib
-
+    """experiments.cost's estimate (bf16 eager, the file's activation checkpointing, 8 ranks) of every GPU run of
+    every config and sweep, at the micro-batch the file sets, fits an 80 GB card with 10% to spare."""
     runs = [(str(p.relative_to(ROOT)), c) for p, c in run_configs() + coord_configs()]
     runs += [(f"{p.relative_to(ROOT)} run {name}", c) for p, name, c in sweep_runs()]
     over = {name: round(e["total"], 1) for name, c in runs if c.train.device != "cpu"
-            for e in [estimate_gib(c)] if e["total"] > CARD_GIB}
-    assert not over, f"estimated GiB over {CARD_GIB} GiB: {over}"
+            for e in [cost.peak_memory_gib(c, world=8)] if e["total"] > cost.CARD_GIB}
+    assert not over, f"estimated GiB over {cost.CARD_GIB} GiB: {over}"

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from config import ConfigError, to_dict
-from experiments import grid
+from experiments import cost, grid
 from tests.conftest import ROOT, TINY_RUN
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -341,3 +341,38 @@ def test_reproduce_dry_run_lists_the_commands_and_their_gpu_hours(tmp_path):
     assert lines[-1] == "# all sweeps: 72 runs (60 to run), 9 H100-hours (7.5 to run)"
     assert len(calls) == 6 and all(c.startswith("scripts/sweep.py") and c.endswith("--dry-run") for c in calls)
     assert not out.exists()
+
+
+def test_dry_run_marks_exactly_the_runs_over_an_80gb_gpu(tmp_path, capsys):
+    """Each run's estimated peak GPU memory per GPU at its micro-batch; OVER 80 GB on the runs whose estimate
+    exceeds cost.CARD_GIB (here micro-batch 64 at n = 2048, L = 16 without activation checkpointing, ~94 GiB)
+    and on no other (micro-batch 1; checkpointing keeps only each block's input), a count line that says what to
+    do; a CPU run (train.device cpu) prints `-` and is never marked."""
+    shape = {"model.n_embd": 2048, "model.head_dim": 64, "model.n_layer": 16, "model.block_size": 1024,
+             "train.batch_size": 64}
+    g = [{"train.device": ["auto"], "train.micro_batch_size": [1, 64], "model.activation_checkpointing": [False, True]},
+         {"train.device": ["cpu"], "train.micro_batch_size": [64]}]
+    path = write_sweep(tmp_path / "s.yaml", g, shape)
+    runs = grid.load_sweep(path, tmp_path / "out").runs
+    gpu, cpu = runs[:4], runs[4]
+    assert len(runs) == 5 and cpu.config.train.device == "cpu"
+    assert sweep.main([str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    per_run = {ln.split()[1]: ln for ln in lines if ln.startswith("run ")}
+    assert list(per_run) == [run.name for run in runs]
+    estimates = {run.name: cost.peak_memory_gib(run.config, world=1)["total"] for run in gpu}
+    over = {name for name, gib in estimates.items() if gib > cost.CARD_GIB}
+    big = gpu[2]  # micro-batch 64, no checkpointing
+    assert big.config.train.micro_batch_size == 64 and not big.config.model.activation_checkpointing
+    assert over == {big.name}
+    assert estimates[big.name] > 1.2 * cost.CARD_GIB  # clear of the line, both ways
+    assert max(gib for name, gib in estimates.items() if name != big.name) < 0.5 * cost.CARD_GIB
+    for run in gpu:
+        line = per_run[run.name]
+        assert line.endswith(f"GPU-h  {sweep.OVER}") == (run.name in over), line
+        assert f"  {estimates[run.name]:.3g} GiB/GPU  " in line
+    assert "  - GiB/GPU  " in per_run[cpu.name] and per_run[cpu.name].endswith(" GPU-h")
+    assert ("1 runs over an 80 GB GPU (estimated peak above 71 GiB per GPU on 1 GPU): use"
+            " model.activation_checkpointing=true or a smaller train.micro_batch_size") in lines
+    assert lines[-2].startswith("5 runs (5 to run): ")
+    assert not (tmp_path / "out").exists()
