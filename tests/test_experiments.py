@@ -127,6 +127,8 @@ def test_layers_point_one_way():
     for path in library:
         bad = {m for m in imports(path) if m == "train" or m.split(".")[0] in {"scripts", *scripts}}
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+    for path in (ROOT / "bench").glob("*.py"):  # benchmarks measure the libraries; tests are not one
+        assert not {m for m in imports(path) if m.split(".")[0] == "tests"}, path.relative_to(ROOT)
     assert "train" not in imports(ROOT / "scripts" / "sweep.py")
 
 
