@@ -1,15 +1,7 @@
 """Run a grid of training runs: python scripts/sweep.py SWEEP.yaml --out DIR [--workers N]
 
-A sweep file names a base run config and what to vary (experiments/grid.py describes the format):
-
-    base: ../owt_base.yaml               # a run config, relative to this file
-    grid:                                # config keys -> lists; the cartesian product, in file order
-      scaling.parameterization: [sp, mup]
-      model.n_embd: [128, 256, 512]
-      log2_lr: [-10, -9, -8, -7]         # shorthand for optim.lr: [2**-10, ...] (log2_wd: optim.weight_decay)
-    overrides:                           # optional: set in every run
-      model.n_layer: 4
-    seeds: [1, 2]                        # optional: train.seed, the last (fastest) axis
+A sweep file is a `base:` run config, a `grid:` of keys -> lists, optional `overrides:` and `seeds:`; its
+format is described once, in experiments/grid.py.
 
 Each run is `python train.py BASE key=value ... train.out_dir=DIR/NAME train.resume=auto` in a process of
 its own, NAME spelling out the run's swept settings (`parameterization=mup,n_embd=256,log2_lr=-7,seed=1`).
