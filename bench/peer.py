@@ -53,16 +53,35 @@ def peer():
     return model, train_step(lambda: F.cross_entropy(model(input_ids=x).logits.view(-1, VOCAB), y.view(-1)), opt)
 
 
+def nanogpt(path: str):
+    """karpathy/nanoGPT's model.py, loaded from a path the user gives (never copied here), at the same shape:
+    its own GPT and cross-entropy over the full logits, torch's AdamW with our settings."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = module.GPT(module.GPTConfig(block_size=SEQ, vocab_size=VOCAB, n_layer=N_LAYER, n_head=N_EMBD // 64,
+                                        n_embd=N_EMBD, dropout=0.0, bias=True)).train()
+    o = load_config(None, OURS | {"optim.name": "adamw"}).optim
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                            weight_decay=o.weight_decay)
+    x, y = random_batch(VOCAB, BATCH, SEQ)
+    return model, train_step(lambda: model(x, y)[1], opt)
+
+
 CANDIDATES = {
     "ours AdamW": lambda: our_step(OURS | {"optim.name": "adamw"}, BATCH),
     "transformers GPT2LMHeadModel AdamW": peer,
     "ours Muon-Kimi + AdamW": lambda: our_step(OURS | {"optim.name": "muon_kimi"}, BATCH),
 }
+NANOGPT = "nanoGPT model.py AdamW"
 
 
-def run_steps(name: str, steps: int):
+def run_steps(name: str, steps: int, nanogpt_path: str | None = None):
     """Build candidate `name` and take `steps` steps (what peak_rss_mib measures in a fresh process)."""
-    _, step = CANDIDATES[name]()
+    _, step = nanogpt(nanogpt_path) if name == NANOGPT else CANDIDATES[name]()
     for _ in range(steps):
         step()
 
@@ -87,13 +106,16 @@ def main(argv=None):
     add_timing_args(ap, rounds=7, reps=2, warmup=1)
     ap.add_argument("--memory-steps", type=int, default=3, help="steps taken in each peak-memory process")
     ap.add_argument("--profile", action="store_true", help="profile both models even if ours is not slower")
+    ap.add_argument("--nanogpt", metavar="MODEL_PY", help="karpathy/nanoGPT's model.py: a second peer")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.nanogpt:
+        CANDIDATES[NANOGPT] = lambda: nanogpt(args.nanogpt)
 
     built = {name: make() for name, make in CANDIDATES.items()}
     params = {name: sum(p.numel() for p in model.parameters()) for name, (model, _) in built.items()}
     times = interleaved({name: step for name, (_, step) in built.items()}, args.rounds, args.reps, args.warmup)
-    memory = {name: peak_rss_mib(run_steps, name, args.memory_steps) for name in CANDIDATES}
+    memory = {name: peak_rss_mib(run_steps, name, args.memory_steps, args.nanogpt) for name in CANDIDATES}
 
     ref = times["transformers GPT2LMHeadModel AdamW"]["median"]
     rows = [{"model": name, "params": params[name], "step ms median (IQR)": ms(times[name]),
@@ -104,6 +126,9 @@ def main(argv=None):
     ratio = times["ours AdamW"]["median"] / ref
     memory_ratio = memory["ours AdamW"] / memory["transformers GPT2LMHeadModel AdamW"]
     print(f"\nours/peer (AdamW): step time {ratio:.3f}, peak memory {memory_ratio:.3f} (target <= 1.0)")
+    if NANOGPT in times:
+        print(f"ours/nanoGPT (AdamW): step time {times['ours AdamW']['median'] / times[NANOGPT]['median']:.3f}"
+              f" (target <= 0.95)")
 
     profiles = {}
     if ratio > 1.0 or args.profile:
