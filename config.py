@@ -360,6 +360,17 @@ def from_flat(values: dict) -> "Config":
     return cfg
 
 
+def default(key_name: str):
+    f = KEYS[key_name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def with_defaults(flat: dict) -> dict:
+    """A flat config saved by an older version, in today's keys: a key added since takes its default (what
+    that run trained with, since a new key's default keeps the old behaviour) and a removed key is dropped."""
+    return {k: flat[k] if k in flat else default(k) for k in KEYS}
+
+
 def to_dict(cfg: "Config") -> dict:
     return dataclasses.asdict(cfg)
 
@@ -410,10 +421,9 @@ def describe_keys() -> str:
     """Every key with its type, default, choices and doc: the body of `python train.py --help`."""
     lines = []
     for name, f in KEYS.items():
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         literal = _literal(f.type)
         kind = "|".join(map(str, typing.get_args(literal))) if literal is not None else type_name(f.type)
         bound = f.metadata["bound"]
-        lines.append(f"  {name:<28} {kind:<22} = {default!r:<16} {f.metadata['doc']}"
+        lines.append(f"  {name:<28} {kind:<22} = {default(name)!r:<16} {f.metadata['doc']}"
                      + (f" (must be {bound})" if bound is not None else ""))
     return "\n".join(lines)

@@ -14,7 +14,7 @@ import typing
 from collections import defaultdict
 from pathlib import Path
 
-from config import KEYS, check_type, flatten
+from config import KEYS, check_type, flatten, with_defaults
 from experiments.grid import LOG2, run_name
 
 SWEEP_JSON, RUN_JSON = "sweep.json", "run.json"
@@ -53,17 +53,12 @@ class Result:
         return self.status in FINISHED
 
 
-def default(key: str):
-    f = KEYS[key]
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
-
-
 def from_record(name: str, record: dict) -> Result:
     """A record written before a config key existed has that key's default (what it trained with), so that a
     key added while a sweep runs does not split the sweep in two."""
     flat = flatten(record["config"])
     loss = record.get("final_val_loss") if record.get("status") == "done" else None
-    return Result(name, record.get("status"), {key: flat[key] if key in flat else default(key) for key in KEYS},
+    return Result(name, record.get("status"), with_defaults(flat),
                   math.nan if loss is None else float(loss))
 
 

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo runs from its root, uninstalled
 
 from atomic import write_json  # noqa: E402
-from config import ConfigError, to_dict, validate  # noqa: E402
+from config import ConfigError, flat_dict, flatten, validate, with_defaults  # noqa: E402
 from experiments import cost  # noqa: E402
 from experiments.grid import Run, Sweep, load_sweep, train_args  # noqa: E402
 from experiments.results import FINISHED, INTERRUPTED, SWEEP_JSON, read_record  # noqa: E402
@@ -497,7 +497,7 @@ def main(argv=None) -> int:
                 raise ConfigError(f"run {run.name} on {args.gpus_per_run} GPUs: {e}") from None
         recorded = {run.name: read_record(run.dir) for run in runs}
         stale = [run.name for run in runs if recorded[run.name].get("status") in FINISHED
-                 and recorded[run.name].get("config", to_dict(run.config)) != to_dict(run.config)]
+                 and with_defaults(flatten(recorded[run.name].get("config", {}))) != flat_dict(run.config)]
         if stale:  # skipping them would mix results of two different configs in one table
             raise ConfigError(f"{len(stale)} finished runs in {args.out} were made with another config than"
                               f" {args.sweep} now gives (e.g. {stale[0]}); delete them or use another --out")

@@ -199,3 +199,17 @@ def test_ctrl_c_stops_cleanly(tmp_path, tiny_corpus):
     rec = json.loads((out / "run.json").read_text())
     assert rec["status"] == "interrupted" and rec["step"] >= 20 and rec["step"] % 10 == 0  # the last checkpoint
     assert f"continue from step {rec['step']} with train.resume=auto" in stderr
+
+
+def test_a_checkpoint_from_before_a_key_existed_resumes(tmp_path, tiny_corpus):
+    """A key added since a checkpoint was written takes its default there (the behaviour the run had), so an
+    upgrade alone never blocks a resume; a removed key is ignored."""
+    common = {"train.max_iters": 8, "train.ckpt_interval": 100}
+    straight = run(tmp_path / "straight", tiny_corpus, **common)
+    run(tmp_path / "old", tiny_corpus, **common, **{"train.stop_after": 4})
+    ckpt = torch.load(tmp_path / "old" / "ckpt.pt", weights_only=True)
+    del ckpt["config"]["optim.ns_batched"]  # as written before the key existed
+    ckpt["config"]["train.eval_iters"] = 20  # and with a key that has since gone
+    torch.save(ckpt, tmp_path / "old" / "ckpt.pt")
+    resumed = run(tmp_path / "old", tiny_corpus, **common, **{"train.resume": "auto"})
+    assert resumed["final_train_loss"] == straight["final_train_loss"]

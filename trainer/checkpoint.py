@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from atomic import atomic_path
-from config import Config, ConfigError, flat_dict
+from config import Config, ConfigError, flat_dict, with_defaults
 
 CKPT = "ckpt.pt"
 # Keys a resume may change: intervals of logging, evaluation and checkpoints, where to stop this time, the
@@ -26,9 +26,8 @@ def is_free(key: str) -> bool:
 
 def differences(saved: dict, cfg: Config) -> list[str]:
     """'key: checkpoint A vs config B' for every trajectory setting that differs."""
-    ours = flat_dict(cfg)
-    keys = [k for k in dict.fromkeys([*saved, *ours]) if not is_free(k)]
-    return [f"{k}: checkpoint {saved.get(k)!r} vs config {ours.get(k)!r}" for k in keys if saved.get(k) != ours.get(k)]
+    ours, saved = flat_dict(cfg), with_defaults(saved)
+    return [f"{k}: checkpoint {saved[k]!r} vs config {ours[k]!r}" for k in ours if not is_free(k) and saved[k] != ours[k]]
 
 
 def load(path: Path, cfg: Config) -> dict:
