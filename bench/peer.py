@@ -40,6 +40,12 @@ N_EMBD, N_LAYER, SEQ, BATCH, VOCAB = 256, 4, 128, 16, 50304
 OURS = gpt_overrides(N_EMBD, N_LAYER, SEQ, VOCAB) | {"scaling.parameterization": "sp"}
 
 
+def set_width(n: int) -> None:
+    """Every candidate's width (the shape constants are module-level: spawned memory processes rebuild them)."""
+    global N_EMBD, OURS
+    N_EMBD, OURS = n, gpt_overrides(n, N_LAYER, SEQ, VOCAB) | {"scaling.parameterization": "sp"}
+
+
 def peer():
     conf = GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=N_EMBD, n_layer=N_LAYER, n_head=N_EMBD // 64,
                       activation_function="gelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
@@ -79,8 +85,9 @@ CANDIDATES = {
 NANOGPT = "nanoGPT model.py AdamW"
 
 
-def run_steps(name: str, steps: int, nanogpt_path: str | None = None):
+def run_steps(name: str, steps: int, nanogpt_path: str | None = None, n_embd: int = N_EMBD):
     """Build candidate `name` and take `steps` steps (what peak_rss_mib measures in a fresh process)."""
+    set_width(n_embd)
     _, step = nanogpt(nanogpt_path) if name == NANOGPT else CANDIDATES[name]()
     for _ in range(steps):
         step()
@@ -107,7 +114,9 @@ def main(argv=None):
     ap.add_argument("--memory-steps", type=int, default=3, help="steps taken in each peak-memory process")
     ap.add_argument("--profile", action="store_true", help="profile both models even if ours is not slower")
     ap.add_argument("--nanogpt", metavar="MODEL_PY", help="karpathy/nanoGPT's model.py: a second peer")
+    ap.add_argument("--n-embd", type=int, default=N_EMBD, help="width of all models (heads of 64)")
     args = ap.parse_args(argv)
+    set_width(args.n_embd)
     torch.set_num_threads(args.threads)
     if args.nanogpt:
         CANDIDATES[NANOGPT] = lambda: nanogpt(args.nanogpt)
@@ -115,7 +124,7 @@ def main(argv=None):
     built = {name: make() for name, make in CANDIDATES.items()}
     params = {name: sum(p.numel() for p in model.parameters()) for name, (model, _) in built.items()}
     times = interleaved({name: step for name, (_, step) in built.items()}, args.rounds, args.reps, args.warmup)
-    memory = {name: peak_rss_mib(run_steps, name, args.memory_steps, args.nanogpt) for name in CANDIDATES}
+    memory = {name: peak_rss_mib(run_steps, name, args.memory_steps, args.nanogpt, N_EMBD) for name in CANDIDATES}
 
     ref = times["transformers GPT2LMHeadModel AdamW"]["median"]
     rows = [{"model": name, "params": params[name], "step ms median (IQR)": ms(times[name]),
