@@ -497,7 +497,8 @@ def main(argv=None) -> int:
                 raise ConfigError(f"run {run.name} on {args.gpus_per_run} GPUs: {e}") from None
         recorded = {run.name: read_record(run.dir) for run in runs}
         stale = [run.name for run in runs if recorded[run.name].get("status") in FINISHED
-                 and with_defaults(flatten(recorded[run.name].get("config", {}))) != flat_dict(run.config)]
+                 and "config" in recorded[run.name]
+                 and with_defaults(flatten(recorded[run.name]["config"])) != flat_dict(run.config)]
         if stale:  # skipping them would mix results of two different configs in one table
             raise ConfigError(f"{len(stale)} finished runs in {args.out} were made with another config than"
                               f" {args.sweep} now gives (e.g. {stale[0]}); delete them or use another --out")
