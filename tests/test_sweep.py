@@ -376,3 +376,20 @@ def test_dry_run_marks_exactly_the_runs_over_an_80gb_gpu(tmp_path, capsys):
             " model.activation_checkpointing=true or a smaller train.micro_batch_size") in lines
     assert lines[-2].startswith("5 runs (5 to run): ")
     assert not (tmp_path / "out").exists()
+
+
+def test_finished_runs_of_another_config_are_refused_but_an_older_version_of_the_same_is_kept(tmp_path, launches):
+    """Skipping a finished run made with other settings would mix two configs in one table; a record written
+    before a key existed (it lacks the key) is the same run, and is kept."""
+    path = write_sweep(tmp_path / "s.yaml", {"model.n_embd": [32, 64]}, {"model.head_dim": 32})
+    out = tmp_path / "out"
+    assert sweep.main([str(path), "--out", str(out)]) == 0
+    run = next(r for r in grid.load_sweep(path, out).runs if r.name == "n_embd=32")
+    record = {**status(run.dir), "config": to_dict(run.config)}
+    del record["config"]["optim"]["ns_batched"]  # written before the key existed
+    (run.dir / "run.json").write_text(json.dumps(record))
+    assert sweep.main([str(path), "--out", str(out)]) == 0 and launches == ["n_embd=32", "n_embd=64"]
+    record["config"]["optim"]["lr"] = 0.5  # made with another lr
+    (run.dir / "run.json").write_text(json.dumps(record))
+    assert sweep.main([str(path), "--out", str(out)]) != 0
+    assert launches == ["n_embd=32", "n_embd=64"]  # nothing relaunched
