@@ -68,11 +68,15 @@ def test_resume_is_exact_after_sigkill(tmp_path, tiny_corpus):
     assert_same_params(params(killed), params(straight))
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.2])
-def test_ddp_two_processes_match_one(tmp_path, tiny_corpus, dropout):
-    """Same global batch, same model; with dropout too, since each micro-batch's masks follow its global index."""
+@pytest.mark.parametrize("extra", [{"model.dropout": 0.0}, {"model.dropout": 0.2},
+                                   {"optim.name": "sophia", "optim.hessian_interval": 1},
+                                   {"optim.name": "shampoo"}], ids=["plain", "dropout", "sophia", "shampoo"])
+def test_ddp_two_processes_match_one(tmp_path, tiny_corpus, extra):
+    """Same global batch, same model; with dropout too, since each micro-batch's masks follow its global index;
+    with Sophia, whose curvature pass every rank makes alike on the global first micro-batch; with Shampoo,
+    whose preconditioners see the all-reduced gradients."""
     common = {**TINY_RUN, "data.dataset": tiny_corpus, "train.batch_size": 8, "train.micro_batch_size": 4,
-              "train.max_iters": 3, "model.dropout": dropout}
+              "train.max_iters": 3, **extra}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, "train.py", *overrides({**common, "train.out_dir": one})], env=env, check=True,
