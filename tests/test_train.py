@@ -27,9 +27,14 @@ def assert_same_params(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.2])
-def test_resume_is_exact(tmp_path, tiny_corpus, dropout):
-    run = {"train.max_iters": 8, "model.dropout": dropout}
+@pytest.mark.parametrize("extra", [{"model.dropout": 0.0}, {"model.dropout": 0.2},
+                                   {"optim.name": "sophia", "optim.hessian_interval": 3},
+                                   {"optim.name": "soap", "optim.precondition_interval": 3},
+                                   {"optim.name": "sso"}], ids=["plain", "dropout", "sophia", "soap", "sso"])
+def test_resume_is_exact(tmp_path, tiny_corpus, extra):
+    """Bitwise, whatever the optimizer keeps: Sophia's Hessian estimate and SOAP's eigenbases refresh on both
+    sides of the stop at step 4."""
+    run = {"train.max_iters": 8, **extra}
     straight = run_inprocess(tmp_path / "straight", tiny_corpus, **run, **{"train.ckpt_interval": 4})
     half = run_inprocess(tmp_path / "split", tiny_corpus, **run, **{"train.stop_after": 4})
     assert half["status"] == "running" and half["step"] == 4 and set(RECORD_FIELDS) <= half.keys()
