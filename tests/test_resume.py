@@ -213,3 +213,25 @@ def test_a_checkpoint_from_before_a_key_existed_resumes(tmp_path, tiny_corpus):
     torch.save(ckpt, tmp_path / "old" / "ckpt.pt")
     resumed = run(tmp_path / "old", tiny_corpus, **common, **{"train.resume": "auto"})
     assert resumed["final_train_loss"] == straight["final_train_loss"]
+
+
+def test_train_says_where_it_is(tmp_path, tiny_corpus, capsys):
+    """At start: out_dir, parameters, tokens and steps; each log line: step/total, tokens/s and an ETA; at the
+    end: where run.json is."""
+    run(tmp_path / "r", tiny_corpus, **{"train.log_interval": 2, "train.eval_interval": 100})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{tmp_path / 'r'}: ") and "M parameters, 6 steps x 64 tokens" in lines[0]
+    logged = [ln for ln in lines if ln.startswith("step ") and "train_loss" in ln]
+    assert [ln.split()[1] for ln in logged] == ["2/6", "4/6", "6/6"]
+    assert all("tokens_per_s" in ln and " eta " in ln for ln in logged)
+    assert lines[-1] == f"done: {tmp_path / 'r' / 'run.json'}"
+
+
+def test_more_ranks_than_gpus_is_one_line_before_anything_starts(monkeypatch):
+    from config import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(ConfigError, match=r"local rank 3 has no GPU: 2 visible .*--nproc_per_node=2 or fewer"):
+        Runtime(load_config(None, {**TINY_RUN, "train.device": "cuda"}))
