@@ -23,7 +23,7 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.ticker import LogLocator, NullFormatter  # noqa: E402
 
 from atomic import atomic_path, write_json  # noqa: E402
-from config import ConfigError, from_flat, parse_overrides, read_yaml, to_dict  # noqa: E402
+from config import ConfigError, from_flat, parse_overrides, read_yaml, split_command_line, to_dict  # noqa: E402
 from mup.coord import COLUMNS, SPECTRAL_COLUMNS, run_sweep, seed_means, split_sweep, verdict, write_csv  # noqa: E402
 
 
@@ -58,13 +58,16 @@ def plot(rows, axis: str, verdicts: dict, out: Path) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("config", help="coordinate-check YAML (a run config plus a coord: section)")
-    ap.add_argument("overrides", nargs="*", help="key=value (run keys or coord.*)")
+    ap.add_argument("args", nargs="+", help="CONFIG.yaml (a run config plus a coord: section) [key=value ...]"
+                                             " (run keys or coord.*)")
     ap.add_argument("--out", required=True, type=Path, help="output directory")
     args = ap.parse_intermixed_args(argv)
+    config, overrides = split_command_line(args.args)
+    if config is None:
+        ap.error("the first argument must be a coordinate-check config, e.g. configs/coord/tiny_width.yaml")
     try:
-        values = read_yaml(Path(args.config))
-        values.update(parse_overrides(args.overrides))
+        values = read_yaml(Path(config))
+        values.update(parse_overrides(overrides))
         sweep, run_values = split_sweep(values)
         cfg = from_flat(run_values)
     except ConfigError as e:
