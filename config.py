@@ -154,7 +154,7 @@ class TrainConfig:
     stop_after: int | None = key(None, "checkpoint and stop after this step (time-limited jobs)", POSITIVE)
     device: Literal["auto", "cpu", "cuda"] = key("auto", "auto: cuda if visible, else cpu")
     dtype: Literal["auto", "float32", "bfloat16"] = key("auto", "autocast dtype; auto: bf16 on CUDA, fp32 on CPU")
-    compile: bool = key(False, "torch.compile the model")
+    compile: bool = key(False, "torch.compile each block (regional: compile time independent of depth)")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from optim.hybrid import build_optimizer
 from optim.schedule import lr_factor
 from trainer import checkpoint, records
 from trainer.records import Log, read_record, record_failure, record_stop, write_record
-from trainer.runtime import Runtime, check_data, check_out_dir, check_wandb
+from trainer.runtime import Runtime, check_data, check_out_dir, check_wandb, compile_blocks
 from trainer.signals import StopRequest
 from trainer.step import evaluate, train_step
 
@@ -68,7 +68,7 @@ class Run:
             self.opt.load_state_dict(ckpt["optim"])
             self.step, self.elapsed, self.train_loss = ckpt["step"], ckpt["wall_s"], ckpt["train_loss"]
             self.window_sum, self.window_start = ckpt["window_sum"].to(rt.device), ckpt["window_start"]
-        self.model = torch.compile(self.raw) if t.compile else self.raw
+        self.model = compile_blocks(self.raw) if t.compile else self.raw
         if rt.ddp:  # gradients live in DDP's buckets: no second fp32 copy of them
             self.model = DDP(self.model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None,
                              gradient_as_bucket_view=True)

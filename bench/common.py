@@ -31,6 +31,7 @@ import torch
 from config import load_config
 from mup.scaling import build_model
 from optim.hybrid import build_optimizer
+from trainer.runtime import compile_blocks
 
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 ROOT = RESULTS.parents[1]
@@ -77,7 +78,7 @@ def our_step(overrides: dict, batch: int, device="cpu", autocast=None, compile=F
         if hasattr(inner, "ns_batched"):
             inner.ns_batched = ns_batched
     x, y = random_batch(model.cfg.vocab_size, batch, model.cfg.block_size, device)
-    forward = torch.compile(model) if compile else model
+    forward = compile_blocks(model) if compile else model  # as train.py compiles
 
     def loss():
         with autocast or contextlib.nullcontext():
