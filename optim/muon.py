@@ -28,6 +28,8 @@ from collections import defaultdict
 
 import torch
 
+from optim.steps import closure_loss, with_grad
+
 # Elements per stack of matrices (an n x n stack at n=4096 holds 4 matrices, at n=256 1,024): bounds the
 # batched iteration's extra memory, a few copies of the stack.
 MAX_STACK_ELEMENTS = 2**26
@@ -77,16 +79,11 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         stacks = defaultdict(list)  # ns_batched: (p, group, momentum update) by what fixes the iteration
         for group in self.param_groups:
             momentum = group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            for p in with_grad(group):
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p.grad)

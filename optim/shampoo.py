@@ -15,6 +15,8 @@ coordinate check's MLP projection stepped 15x past the bound ||dW||_2 <= lr at n
 
 import torch
 
+from optim.steps import closure_loss, with_grad
+
 
 def inverse_fourth_root(stat: torch.Tensor, eps: float) -> torch.Tensor:
     """(stat + eps I)^(-1/4) for a symmetric PSD `stat`; eigenvalues below 0 (rounding) count as 0."""
@@ -56,15 +58,10 @@ class Shampoo(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             lr, eps = group["lr"], group["eps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            for p in with_grad(group):
                 g, state = p.grad, self.state[p]
                 if not state:
                     state["step"] = 0

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from optim.steps import closure_loss, with_grad
+
 
 class SophiaG(torch.optim.Optimizer):
     """theta <- theta (1 - lr wd) - lr clip(m / max(rho h, eps), clip); m = EMA(g, beta1), h = EMA of the GNB
@@ -49,15 +51,10 @@ class SophiaG(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             lr, beta1, rho, clip = group["lr"], group["betas"][0], group["rho"], group["clip"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            for p in with_grad(group):
                 state = self._state(p)
                 m = state["exp_avg"]
                 p.mul_(1 - lr * group["weight_decay"])

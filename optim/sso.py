@@ -22,6 +22,7 @@ import math
 import torch
 
 from optim.muon import newton_schulz
+from optim.steps import closure_loss, with_grad
 
 NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)  # torch.optim.Muon's quintic, as every Muon group here uses
 
@@ -90,15 +91,10 @@ class SSO(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             lr, beta = group["lr"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            for p in with_grad(group):
                 g, state = p.grad, self.state[p]
                 if not state:
                     state["momentum_buffer"] = torch.zeros_like(p)
