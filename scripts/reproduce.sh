@@ -87,7 +87,11 @@ sweep depth_k1
 sweep wd_width
 # v2: the Muon-AdamW variant of Fig. 1(c). paper: 72 runs, 23.4 H100-hours. tiny: 48 runs, 34 CPU-min.
 sweep width_muon
-# Total sweeps: paper 398 runs, 87.3 H100-hours; tiny 281 runs, ~3.9 CPU-hours (~2 h with 2 workers on 2 cores).
+# v2: the Shampoo-AdamW and Sophia variants of Fig. 1(c). paper: 72 runs each, 23.4 H100-hours each for the model
+# (plus Shampoo's float64 eigendecompositions, not estimated). tiny: about 9 and 5 minutes measured on one thread.
+sweep width_shampoo
+sweep width_sophia
+# Total sweeps: --dry-run adds them up (paper 542 runs, 134 H100-hours before Shampoo's preconditioners).
 
 if [ "$DRY" = 1 ]; then
   printf '%s\n' "${COSTS[@]}" | awk '{runs += $1; todo += substr($3, 2); hours += $6; left += substr($8, 2); unit = $7}

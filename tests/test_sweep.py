@@ -337,9 +337,10 @@ def test_reproduce_dry_run_lists_the_commands_and_their_gpu_hours(tmp_path):
     assert lines[4] == f"python scripts/plot.py {out}/width"
     sweeps = [ln for ln in lines if ln.startswith("python scripts/sweep.py")]
     assert [ln.split()[2] for ln in sweeps] == [f"configs/sweeps/{name}.yaml" for name in
-                                                ("width", "depth", "depth_noln", "depth_k1", "wd_width", "width_muon")]
-    assert lines[-1] == "# all sweeps: 72 runs (60 to run), 9 H100-hours (7.5 to run)"
-    assert len(calls) == 6 and all(c.startswith("scripts/sweep.py") and c.endswith("--dry-run") for c in calls)
+                                                ("width", "depth", "depth_noln", "depth_k1", "wd_width", "width_muon",
+                                                 "width_shampoo", "width_sophia")]
+    assert lines[-1] == "# all sweeps: 96 runs (80 to run), 12 H100-hours (10 to run)"
+    assert len(calls) == 8 and all(c.startswith("scripts/sweep.py") and c.endswith("--dry-run") for c in calls)
     assert not out.exists()
 
 
