@@ -27,7 +27,7 @@ def tracked_text_files():
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout to list its files")
 def test_the_repository_stands_alone():
     """Nothing points outside the repository: a user's clone has only what git holds."""
-    outside = ["../" + "shared", "DESIGN" + ".md"]
+    outside = ["../" + "shar" + "ed", "DESIGN" + ".md"]  # spelt in pieces, so this file does not match itself
     hits = [f"{p.relative_to(ROOT)}: {word}" for p in tracked_text_files() if p.is_file()
             for word in outside if word in p.read_text(errors="replace")]
     assert hits == []
