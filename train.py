@@ -98,11 +98,9 @@ class Run:
 
     def finish(self, status: str, log: Log, **extra) -> dict:
         val = self.evaluate() if status == "done" else None
-        train_loss = None if status == "diverged" else self.train_loss
-        record = records.run_record(self.cfg, status, **self.progress(), final_train_loss=train_loss,
-                                    final_val_loss=val, **extra)
-        if self.rt.master:
-            write_record(self.cfg, status, **{k: v for k, v in record.items() if k not in ("status", "config")})
+        fields = {**self.progress(), "final_train_loss": None if status == "diverged" else self.train_loss,
+                  "final_val_loss": val, **extra}
+        record = (write_record if self.rt.master else records.run_record)(self.cfg, status, **fields)
         if val is not None:
             log({"step": self.step, "val_loss": val})
         return record

@@ -56,13 +56,13 @@ def evaluate(model, val: FixedWindows, micro_batch_size: int, rt: Runtime) -> fl
     token counts are added over ranks, so the number is the same for any ranks and micro-batch. `model` is
     the uncompiled module: switching grad mode and train/eval would make a compiled one recompile."""
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=rt.device)  # (loss summed over tokens, tokens)
+    loss_sum, tokens = torch.zeros((), dtype=torch.float64, device=rt.device), 0
     for x, y in val.shard(rt.rank, rt.world, micro_batch_size):
         x, y = rt.to_device((x, y))
         with rt.autocast:
-            loss = model(x, y)[1]
-        sums += torch.stack([loss.double() * y.numel(), torch.tensor(y.numel(), dtype=torch.float64,
-                                                                      device=rt.device)])
+            loss_sum += model(x, y)[1].double() * y.numel()
+        tokens += y.numel()
     model.train()
-    loss_sum, tokens = rt.sum(sums).tolist()
+    totals = torch.stack([loss_sum, torch.tensor(float(tokens), dtype=torch.float64, device=rt.device)])
+    loss_sum, tokens = rt.sum(totals).tolist()
     return loss_sum / tokens
