@@ -17,6 +17,8 @@ from typing import Literal
 
 import yaml
 
+from optim import registry
+
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
 
@@ -56,7 +58,7 @@ def key(default, doc: str, bound: Bound | None = None):
 
 
 Parameterization = Literal["sp", "mup", "mup_k1", "mup_width"]
-OptimizerName = Literal["muon_kimi", "muon", "shampoo", "soap", "sso", "adamw", "lion", "sophia", "sgd"]
+OptimizerName = Literal[tuple(registry.OPTIMIZERS)]
 
 
 @dataclass
@@ -89,28 +91,30 @@ class ScalingConfig:
     depth_exponent: float | None = key(
         None, "alpha_d in [0.5, 1], the spec's general depth exponent (CompleteP-style sweeps); null: 1 for mup,"
               " 0.5 for mup_k1; sp and mup_width do not scale with depth and ignore it", Bound(0.5, True, 1, True))
+    paper_rows: bool = key(
+        False, "scale the hidden matrices by the paper's row where the project ships its own (soap: Table C instead of"
+               " the row derived from the SOAP that runs; docs/SPEC-mup.md)")
 
 
-# The AdamW half's lr relative to eta_base when optim.adamw_lr_ratio is unset: the paper's Muon-AdamW runs
-# it at eta / 10, its Muon-Kimi at eta (Kimi's lr matching makes one eta fit both halves).
-ADAMW_LR_RATIO = {"muon": 0.1}
+OWN = "null: the optimizer's own (--help lists them)"
 
 
 @dataclass
 class OptimConfig:
-    name: OptimizerName = key(
-        "muon_kimi", "muon_kimi | muon | shampoo | soap | sso: hidden matrices (AdamW for the rest) |"
-                     " adamw | lion | sophia | sgd: every tensor")
+    """Keys marked `own` default to null and take the chosen optimizer's own value (optim/registry.py); under an
+    optimizer that does not read one, it stays null and may not be set."""
+    name: OptimizerName = key("muon_kimi", "the optimizer of hidden matrices and of the rest (listed below)")
     lr: float = key(2**-7, "eta_base: the learning rate at the base shape, shared by both halves", POSITIVE)
     weight_decay: float = key(0.0, "lambda_base: decoupled weight decay at the base shape", NON_NEGATIVE)
-    eps: float = key(1e-16, "epsilon_base at the base shape of AdamW, Sophia, SOAP and Shampoo (each scaled by its"
-                            " own row)", NON_NEGATIVE)
-    betas: list[float] = key([0.9, 0.95], "(beta1, beta2) of AdamW, and of Lion, Sophia or SOAP when chosen"
-                                          " (Lion's paper: 0.9, 0.99; Sophia's: 0.965, 0.99)", Bound(0, True, 1))
+    eps: float = key(1e-16, "epsilon_base of AdamW (the AdamW half too) and Sophia at the base shape, scaled by"
+                            " Table B's row", NON_NEGATIVE)
+    matrix_eps: float | None = key(None, f"own: epsilon_base of the hidden matrices' Shampoo or SOAP, scaled by its"
+                                         f" row; {OWN}", POSITIVE)
+    betas: list[float] | None = key(None, f"own: (beta1, beta2) of every Adam-type, Lion or Sophia moment of the run;"
+                                          f" {OWN}", Bound(0, True, 1))
     momentum: float = key(0.95, "momentum of Muon, SSO and SGD", NON_NEGATIVE)
     nesterov: bool = key(True, "Nesterov momentum for Muon, SSO and SGD")
-    adamw_lr_ratio: float | None = key(
-        None, "the AdamW half's lr / eta_base; null: the paper's choice (0.1 for muon, 1 otherwise)", POSITIVE)
+    adamw_lr_ratio: float | None = key(None, f"own: the AdamW half's lr / eta_base (hybrids only); {OWN}", POSITIVE)
     ns_steps: int = key(5, "Newton-Schulz iterations of Muon and SSO", POSITIVE)
     ns_dtype: Literal["auto", "float32", "bfloat16"] = key(
         "auto", "Newton-Schulz precision; auto: bf16 on CUDA, fp32 on CPU (SSO: fp32 everywhere, as its paper)")
@@ -118,13 +122,18 @@ class OptimConfig:
                                   " of every block...): ~15 kernels per shape instead of ~23 per matrix; equal to the"
                                   " per-matrix path up to float rounding")
     precondition_interval: int | None = key(
-        None, "steps between refreshes of shampoo's inverse roots or soap's eigenbasis; null: each paper's, 1 for"
-              " shampoo (Algorithm 1), 10 for soap", POSITIVE)
-    hessian_interval: int = key(10, "sophia: steps between Gauss-Newton-Bartlett Hessian estimates (k)", POSITIVE)
-    sophia_rho: float = key(0.04, "sophia: scale rho of the Hessian in the denominator max(rho h, eps)", POSITIVE)
-    sophia_clip: float = key(1.0, "sophia: each coordinate of the update is clipped to [-clip, clip]", POSITIVE)
-    sso_radius: float = key(1.0, "sso: radius c of the spectral sphere ||W||_2 = c sqrt(out/in) of each hidden"
-                                 " matrix (also the update's scale)", POSITIVE)
+        None, f"own: steps between refreshes of Shampoo's inverse roots or SOAP's eigenbases; {OWN}", POSITIVE)
+    max_precondition_dim: int | None = key(
+        None, f"own: SOAP leaves a side longer than this unpreconditioned; {OWN}", POSITIVE)
+    hessian_interval: int | None = key(
+        None, f"own: Sophia's steps between Gauss-Newton-Bartlett Hessian estimates (k); {OWN}", POSITIVE)
+    sophia_rho: float | None = key(
+        None, f"own: Sophia's scale rho of the Hessian in the denominator max(rho h, eps); {OWN}", POSITIVE)
+    sophia_clip: float | None = key(
+        None, f"own: Sophia clips each coordinate of the update to [-clip, clip]; {OWN}", POSITIVE)
+    sso_radius: float | None = key(
+        None, f"own: SSO's radius c of the spectral sphere ||W||_2 = c sqrt(out/in) of each hidden matrix; {OWN}",
+        POSITIVE)
     grad_clip: float = key(1.0, "clip the global gradient norm to this; 0 disables", NON_NEGATIVE)
     schedule: Literal["cosine", "constant"] = key("cosine", "after warm-up: cosine decay to the floor, or constant")
     warmup_iters: int = key(120, "linear warm-up steps", NON_NEGATIVE)
@@ -202,7 +211,7 @@ def choices(key_name: str) -> tuple:
     return typing.get_args(_literal(KEYS[key_name].type))
 
 
-PARAMETERIZATIONS, OPTIMIZERS = choices("scaling.parameterization"), choices("optim.name")
+PARAMETERIZATIONS = choices("scaling.parameterization")
 
 
 def type_name(tp) -> str:
@@ -354,10 +363,21 @@ def from_flat(values: dict) -> "Config":
     cfg = Config()
     for name, value in values.items():
         _set(cfg, name, value)
-    if cfg.optim.adamw_lr_ratio is None:
-        cfg.optim.adamw_lr_ratio = ADAMW_LR_RATIO.get(cfg.optim.name, 1.0)
+    resolve_own(cfg.optim)
     validate(cfg)
     return cfg
+
+
+def resolve_own(o: OptimConfig) -> None:
+    """Fill the optimizer-specific keys a config left null with the chosen optimizer's own values; one it set
+    that the optimizer does not read is an error (it would silently do nothing)."""
+    for name in registry.OWN_KEYS:
+        value = getattr(o, name)
+        if value is None:
+            setattr(o, name, registry.own_default(o.name, name))
+        elif not registry.reads(o.name, name):
+            users = [opt for opt in registry.OPTIMIZERS if registry.reads(opt, name)]
+            raise ConfigError(f"optim.{name}={value!r} is not read by optim.name={o.name} (only by {', '.join(users)})")
 
 
 def default(key_name: str):
@@ -367,8 +387,13 @@ def default(key_name: str):
 
 def with_defaults(flat: dict) -> dict:
     """A flat config saved by an older version, in today's keys: a key added since takes its default (what
-    that run trained with, since a new key's default keeps the old behaviour) and a removed key is dropped."""
-    return {k: flat[k] if k in flat else default(k) for k in KEYS}
+    that run trained with, since a new key's default keeps the old behaviour), a removed key is dropped, and an
+    optimizer-specific key its optimizer does not read is null (older versions gave every key a value)."""
+    out = {k: flat[k] if k in flat else default(k) for k in KEYS}
+    for name in registry.OWN_KEYS:
+        if out["optim.name"] in registry.OPTIMIZERS and not registry.reads(out["optim.name"], name):
+            out[f"optim.{name}"] = None
+    return out
 
 
 def to_dict(cfg: "Config") -> dict:
@@ -401,8 +426,10 @@ def validate(cfg: "Config", world_size: int = 1) -> None:
     m, o, t = cfg.model, cfg.optim, cfg.train
     if m.n_embd % m.head_dim:
         raise ConfigError(f"model.n_embd={m.n_embd} is not divisible by model.head_dim={m.head_dim}")
-    if len(o.betas) != 2:
+    if o.betas is not None and len(o.betas) != 2:
         raise ConfigError(f"optim.betas: expected two values in [0, 1), got {o.betas}")
+    if cfg.scaling.paper_rows and registry.get(o.name).paper_row is None:
+        raise ConfigError(f"scaling.paper_rows: optim.name={o.name} has no row of its own; its row is the paper's")
     if o.min_lr > o.lr:
         raise ConfigError(f"optim.min_lr={o.min_lr:g} exceeds optim.lr={o.lr:g}: the floor must lie in [0, optim.lr]")
     if t.batch_size % (t.micro_batch_size * world_size):
@@ -426,4 +453,8 @@ def describe_keys() -> str:
         bound = f.metadata["bound"]
         lines.append(f"  {name:<28} {kind:<22} = {default(name)!r:<16} {f.metadata['doc']}"
                      + (f" (must be {bound})" if bound is not None else ""))
+    lines.append("\noptimizers (optim.name) and their own values of the null optim.* keys:")
+    for name, spec in registry.OPTIMIZERS.items():
+        own = ", ".join(f"{k}={v}" for k, v in spec.defaults.items())
+        lines.append(f"  {name:<10} {spec.doc}" + (f"\n  {'':<10} {own}" if own else ""))
     return "\n".join(lines)

@@ -17,8 +17,9 @@ import dataclasses
 import torch
 
 from bench.common import add_timing_args, build, gpt_overrides, interleaved, ms, print_table, random_batch, record
-from config import OPTIMIZERS, load_config
+from config import load_config
 from experiments import cost
+from optim import registry
 
 N_EMBD, N_LAYER, SEQ, BATCH, VOCAB = 512, 4, 64, 2, 50304
 OVERRIDES = gpt_overrides(N_EMBD, N_LAYER, SEQ, VOCAB)
@@ -56,7 +57,7 @@ def candidate(name: str):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.optimizers", description=__doc__.split("\n\n")[0])
     add_timing_args(ap, rounds=3, reps=2, warmup=1)
-    ap.add_argument("--only", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
+    ap.add_argument("--only", nargs="+", choices=list(registry.OPTIMIZERS), default=list(registry.OPTIMIZERS))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = ["adamw", *[n for n in args.only if n != "adamw"]]
@@ -66,7 +67,7 @@ def main(argv=None):
     counts = cost.parameter_counts(dataclasses.astuple(cfg.model))
     rows = []
     for name, (opt, _) in built.items():
-        state, workspace = cost.optimizer_bytes(name, counts)
+        state, _ = cost.optimizer_bytes(load_config(None, OVERRIDES | {"optim.name": name}))
         rows.append({"optim.name": name, "step ms median (IQR)": ms(times[name]),
                      "vs AdamW": times[name]["median"] / times["adamw"]["median"],
                      "state MiB": state_bytes(opt) / 2**20,

@@ -12,6 +12,8 @@ import model as model_module
 import perf
 from config import Config, ModelConfig
 from model import GPT
+from mup.scaling import table_for
+from optim import registry
 
 GPU, MFU = "H100", 0.4  # training FLOPs over an H100 (SXM5)'s dense bf16 peak at 40% MFU
 PEAK = perf.peak_for_name(GPU)
@@ -49,29 +51,27 @@ CHOICE_GIB, CARD_GIB = 40, 71
 
 @functools.cache
 def parameter_counts(model: tuple) -> dict:
-    """Of a ModelConfig (as a tuple): all parameters, those of the blocks' matrices (the hidden ones), the sum of
-    rows^2 + cols^2 over those (a Shampoo-type preconditioner's size) and their longest side; on the meta device."""
+    """Of a ModelConfig (as a tuple): all parameters and those of the blocks' matrices (the hidden ones), on the
+    meta device."""
     with torch.device("meta"):
         gpt = GPT(ModelConfig(*model))
-    hidden = [p.shape for name, p in gpt.named_parameters() if name.startswith("blocks.") and p.ndim == 2]
-    return {"total": sum(p.numel() for p in gpt.parameters()), "hidden": sum(r * c for r, c in hidden),
-            "sides": sum(r * r + c * c for r, c in hidden), "longest": max((max(s) for s in hidden), default=0)}
+    hidden = [p.numel() for name, p in gpt.named_parameters() if name.startswith("blocks.") and p.ndim == 2]
+    return {"total": sum(p.numel() for p in gpt.parameters()), "hidden": sum(hidden)}
 
 
-def optimizer_bytes(name: str, counts: dict) -> tuple[float, float]:
-    """(state kept between steps, transient workspace of a step) in bytes, for optim.name `name`, from the
-    optimizers' fp32 buffers (optim/): counted, not measured."""
-    total, hidden, sides, longest = counts["total"], counts["hidden"], counts["sides"], counts["longest"]
-    rest = 8 * (total - hidden)  # AdamW's two moments for what the hidden-matrix optimizers leave to it
-    if name in ("muon_kimi", "muon", "sso"):
-        return 4 * hidden + rest, 0  # one momentum buffer
-    if name == "shampoo":  # L, R and their inverse roots in fp32; float64 eigh of the longest side
-        return 8 * sides + rest, 24 * longest**2
-    if name == "soap":  # Adam's moments in the eigenbasis, L, R and their eigenbases
-        return 8 * hidden + 8 * sides + rest, 24 * longest**2
-    if name in ("lion", "sgd"):
-        return 4 * total, 0
-    return 8 * total, 0  # adamw, sophia (moment and Hessian estimate), and any optimizer not listed here
+def optimizer_bytes(cfg: Config) -> tuple[float, float]:
+    """(state kept between steps, transient workspace of a step) in bytes: each tensor's update rule's state
+    (optim/registry.py's RULES, counted from the optimizers' buffers) summed over the scaling table, and the
+    largest workspace of any one tensor's step."""
+    table = table_for(cfg)
+    state = sum(registry.RULES[rec.optimizer].state_bytes(rec.shape, cfg.optim) for rec in table)
+    workspace = max(registry.RULES[rec.optimizer].workspace_bytes(rec.shape, cfg.optim) for rec in table)
+    return state, workspace
+
+
+def optimizer_flops(cfg: Config) -> float:
+    """FLOPs of one optimizer step over every tensor (RULES' count, refreshes amortized over their interval)."""
+    return sum(registry.RULES[rec.optimizer].step_flops(rec.shape, cfg.optim) for rec in table_for(cfg))
 
 
 def peak_memory_gib(cfg: Config, world: int) -> dict:
@@ -83,7 +83,7 @@ def peak_memory_gib(cfg: Config, world: int) -> dict:
     m, t = cfg.model, cfg.train
     counts = parameter_counts(dataclasses.astuple(m))
     total = counts["total"]
-    state, transient = optimizer_bytes(cfg.optim.name, counts)
+    state, transient = optimizer_bytes(cfg)
     tokens = t.micro_batch_size * m.block_size
     chunk = min(model_module.LOSS_CHUNK_LOGITS, tokens * m.vocab_size)
     block = ACTIVATION_BYTES[m.norm] * m.n_embd * tokens  # one block's saved activations

@@ -169,19 +169,7 @@ def sgd(d: float) -> dict[str, Update]:
     }
 
 
+# The row of each update rule (optim/registry.py names the rule of each optim.name's hidden and other tensors);
 # Sophia's row is AdamW's, epsilon included (Table B)
-UPDATES = {"muon_kimi": muon_kimi, "muon": muon, "shampoo": shampoo, "soap": soap, "sso": sso, "adamw": adamw,
-           "lion": lion, "sophia": adamw, "sgd": sgd}
-
-# optim.name -> (optimizer of hidden matrices, optimizer of every other tensor)
-FAMILIES = {
-    "muon_kimi": ("muon_kimi", "adamw"),
-    "muon": ("muon", "adamw"),
-    "shampoo": ("shampoo", "adamw"),
-    "soap": ("soap", "adamw"),
-    "sso": ("sso", "adamw"),
-    "adamw": ("adamw", "adamw"),
-    "lion": ("lion", "lion"),
-    "sophia": ("sophia", "sophia"),
-    "sgd": ("sgd", "sgd"),
-}
+UPDATES = {"muon_kimi": muon_kimi, "muon": muon, "shampoo": shampoo, "soap": soap, "soap_table_c": soap, "sso": sso,
+           "adamw": adamw, "lion": lion, "sophia": adamw, "sgd": sgd}

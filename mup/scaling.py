@@ -13,6 +13,7 @@ import torch
 from config import Config
 from model import GPT
 from mup import rules
+from optim import registry
 
 
 @dataclass
@@ -25,7 +26,7 @@ class TensorHP:
     lr: float
     weight_decay: float
     eps: float | None  # None: its optimizer has no epsilon
-    optimizer: str  # one of mup.rules.UPDATES
+    optimizer: str  # its update rule: one of optim.registry.RULES
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -82,19 +83,31 @@ def role_and_branch(name: str, param: torch.nn.Parameter) -> tuple[str, str]:
     raise ValueError(f"parameter {name!r} has no muP role; name it in mup/scaling.py:role_and_branch")
 
 
+def rows(cfg: Config) -> dict[str, tuple[str, str]]:
+    """{"hidden": (update rule, its row in rules.UPDATES), "other": ...} of the config's optimizer: the row is the
+    rule's own unless scaling.paper_rows asks for the paper's."""
+    spec = registry.get(cfg.optim.name)
+    hidden_row = spec.paper_row if cfg.scaling.paper_rows else spec.hidden
+    return {"hidden": (spec.hidden, hidden_row), "other": (spec.other, spec.other)}
+
+
 def scaling_table(cfg: Config, model: torch.nn.Module) -> list[TensorHP]:
-    """One record per trainable parameter (tied tensors once, under their first name)."""
+    """One record per trainable parameter (tied tensors once, under their first name). The AdamW half of a hybrid
+    runs at optim.adamw_lr_ratio x its row's lr; the hidden matrices' Shampoo or SOAP scale optim.matrix_eps, every
+    other epsilon optim.eps."""
     (r_n, r_L, d), o = ratios(cfg), cfg.optim
     forward = rules.forward(d)
-    hidden_opt, other_opt = rules.FAMILIES[o.name]
+    by_role = rows(cfg)
     alphas = multipliers(cfg)
     table = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         role, branch = role_and_branch(name, p)
-        opt = hidden_opt if role == "hidden" else other_opt
-        update = rules.UPDATES[opt](d)[role]
+        opt, row = by_role["hidden" if role == "hidden" else "other"]
+        update = rules.UPDATES[row](d)[role]
+        half = o.adamw_lr_ratio if opt == "adamw" and o.adamw_lr_ratio is not None else 1.0
+        base_eps = o.matrix_eps if role == "hidden" and o.matrix_eps is not None else o.eps
         var = forward[role].init_var
         table.append(TensorHP(
             name=name,
@@ -102,9 +115,9 @@ def scaling_table(cfg: Config, model: torch.nn.Module) -> list[TensorHP]:
             shape=list(p.shape),
             init_std=None if var is None else cfg.scaling.init_std * math.sqrt(_scale(var, r_n, r_L)),
             multiplier=alphas[branch] if branch else 1.0,
-            lr=o.lr * _scale(update.lr, r_n, r_L) * (o.adamw_lr_ratio if opt == "adamw" else 1.0),
+            lr=o.lr * _scale(update.lr, r_n, r_L) * half,
             weight_decay=o.weight_decay * _scale(update.wd, r_n, r_L),
-            eps=None if update.eps is None else o.eps * _scale(update.eps, r_n, r_L),
+            eps=None if update.eps is None else base_eps * _scale(update.eps, r_n, r_L),
             optimizer=opt,
         ))
     return table
@@ -122,6 +135,13 @@ def init_parameters(model: torch.nn.Module, table: list[TensorHP], generator: to
             p.fill_(1.0)
         else:
             p.zero_()
+
+
+def table_for(cfg: Config) -> list[TensorHP]:
+    """The scaling table of `cfg` from a model on the meta device: shapes only, no memory, any size."""
+    with torch.device("meta"):
+        model = GPT(cfg.model, **multipliers(cfg))
+    return scaling_table(cfg, model)
 
 
 def build_model(cfg: Config, device="cpu"):

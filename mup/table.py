@@ -10,17 +10,8 @@ import json
 import os
 import sys
 
-import torch
-
 from config import ConfigError, load_config, split_command_line
-from model import GPT
-from mup.scaling import multipliers, ratios, scaling_table
-
-
-def table_for(cfg):
-    with torch.device("meta"):  # shapes only: no memory, any size
-        model = GPT(cfg.model, **multipliers(cfg))
-    return scaling_table(cfg, model)
+from mup.scaling import ratios, table_for
 
 
 def format_table(cfg, table) -> str:

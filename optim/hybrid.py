@@ -1,13 +1,12 @@
 """The hybrid optimizer: one object that steps the optimizer of the hidden matrices (Muon(-Kimi), Shampoo,
 SOAP, SSO) and AdamW for everything else, or one element-wise optimizer (AdamW, Lion, Sophia, SGD) for every
-tensor, with param groups built straight from the scaling table."""
+tensor, with param groups built straight from the scaling table (mup.scaling's records: name, lr, weight_decay,
+eps, optimizer). Which update rules an optim.name combines, and their own defaults, are optim/registry.py's."""
 
 from collections import defaultdict
 
 import torch
 
-from config import Config
-from mup.scaling import TensorHP
 from optim.muon import Muon
 from optim.shampoo import Shampoo
 from optim.sophia import SophiaG, sampled_label_backward
@@ -64,15 +63,11 @@ class Hybrid:
             opt.load_state_dict(state[name])
 
 
-def ns_dtype(cfg: Config, device: torch.device) -> torch.dtype:
-    if cfg.optim.ns_dtype == "auto":
+def ns_dtype(o, device: torch.device) -> torch.dtype:
+    """The Newton-Schulz precision of the resolved optim section `o` on `device`."""
+    if o.ns_dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, cfg.optim.ns_dtype)
-
-
-# optim.precondition_interval when null: Shampoo's Algorithm 1 recomputes its roots every step (stale roots
-# blow up on directions the statistics have not seen: see optim/shampoo.py), SOAP's paper refreshes every 10
-PRECONDITION_INTERVAL = {"shampoo": 1, "soap": 10}
+    return getattr(torch, o.ns_dtype)
 
 
 def pytorch_optimizer():
@@ -86,7 +81,32 @@ def pytorch_optimizer():
     return pytorch_optimizer
 
 
-def build_optimizer(cfg: Config, model: torch.nn.Module, table: list[TensorHP]) -> Hybrid:
+def builders(o, device: torch.device) -> dict:
+    """{update rule: a function of its param groups returning its torch optimizer}, for the resolved optim section
+    `o` (a run config's cfg.optim, every optimizer-specific key filled in by its optimizer's own defaults)."""
+    betas = tuple(o.betas) if o.betas is not None else None
+    return {
+        "muon_kimi": lambda g: Muon(g, adjust_lr_fn="match_rms_adamw", momentum=o.momentum, nesterov=o.nesterov,
+                                    ns_steps=o.ns_steps, ns_dtype=ns_dtype(o, device), ns_batched=o.ns_batched),
+        "muon": lambda g: Muon(g, adjust_lr_fn="original", momentum=o.momentum, nesterov=o.nesterov,
+                               ns_steps=o.ns_steps, ns_dtype=ns_dtype(o, device), ns_batched=o.ns_batched),
+        "shampoo": lambda g: Shampoo(g, precondition_interval=o.precondition_interval),
+        "soap": lambda g: pytorch_optimizer().SOAP(g, betas=betas, precondition_frequency=o.precondition_interval,
+                                                   max_precondition_dim=o.max_precondition_dim),
+        # msign inside lambda's bisection in float32 unless asked otherwise: the paper keeps it there
+        "sso": lambda g: SSO(g, momentum=o.momentum, nesterov=o.nesterov, radius=o.sso_radius, ns_steps=o.ns_steps,
+                             ns_dtype=torch.float32 if o.ns_dtype == "auto" else getattr(torch, o.ns_dtype)),
+        "adamw": lambda g: torch.optim.AdamW(g, betas=betas, fused=device.type == "cuda"),
+        "lion": lambda g: pytorch_optimizer().Lion(g, betas=betas),
+        "sophia": lambda g: SophiaG(g, betas=betas, rho=o.sophia_rho, clip=o.sophia_clip,
+                                    hessian_interval=o.hessian_interval),
+        "sgd": lambda g: torch.optim.SGD(g, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0),
+    }
+
+
+def build_optimizer(cfg, model: torch.nn.Module, table: list) -> Hybrid:
+    """The Hybrid of a run config `cfg` over `model`'s parameters, one param group per distinct (rule, lr, weight
+    decay, eps) of the scaling table `table`."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     claimed = [rec.name for rec in table]
     unclaimed = sorted(set(params) - set(claimed))
@@ -99,31 +119,11 @@ def build_optimizer(cfg: Config, model: torch.nn.Module, table: list[TensorHP]) 
     groups = defaultdict(list)  # tensors sharing all hyperparameters share a group
     for rec in table:
         groups[(rec.optimizer, rec.lr, rec.weight_decay, rec.eps)].append(rec.name)
-    by_opt = defaultdict(list)
-    for (opt, lr, wd, eps), names in groups.items():
+    by_rule = defaultdict(list)
+    for (rule, lr, wd, eps), names in groups.items():
         group = {"params": [params[n] for n in names], "names": names, "lr": lr, "base_lr": lr, "weight_decay": wd}
         if eps is not None:
             group["eps"] = eps
-        by_opt[opt].append(group)
-
-    o, device = cfg.optim, next(model.parameters()).device
-    betas = tuple(o.betas)
-    interval = {name: k if o.precondition_interval is None else o.precondition_interval
-                for name, k in PRECONDITION_INTERVAL.items()}
-    make = {
-        "muon_kimi": lambda g: Muon(g, adjust_lr_fn="match_rms_adamw", momentum=o.momentum, nesterov=o.nesterov,
-                                    ns_steps=o.ns_steps, ns_dtype=ns_dtype(cfg, device), ns_batched=o.ns_batched),
-        "muon": lambda g: Muon(g, adjust_lr_fn="original", momentum=o.momentum, nesterov=o.nesterov,
-                               ns_steps=o.ns_steps, ns_dtype=ns_dtype(cfg, device), ns_batched=o.ns_batched),
-        "shampoo": lambda g: Shampoo(g, precondition_interval=interval["shampoo"]),
-        "soap": lambda g: pytorch_optimizer().SOAP(g, betas=betas, precondition_frequency=interval["soap"]),
-        # msign inside lambda's bisection in float32 unless asked otherwise: the paper keeps it there
-        "sso": lambda g: SSO(g, momentum=o.momentum, nesterov=o.nesterov, radius=o.sso_radius, ns_steps=o.ns_steps,
-                             ns_dtype=torch.float32 if o.ns_dtype == "auto" else getattr(torch, o.ns_dtype)),
-        "adamw": lambda g: torch.optim.AdamW(g, betas=betas, fused=device.type == "cuda"),
-        "lion": lambda g: pytorch_optimizer().Lion(g, betas=betas),
-        "sophia": lambda g: SophiaG(g, betas=betas, rho=o.sophia_rho, clip=o.sophia_clip,
-                                    hessian_interval=o.hessian_interval),
-        "sgd": lambda g: torch.optim.SGD(g, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0),
-    }
-    return Hybrid({name: make[name](g) for name, g in sorted(by_opt.items())})
+        by_rule[rule].append(group)
+    make = builders(cfg.optim, next(model.parameters()).device)
+    return Hybrid({rule: make[rule](g) for rule, g in sorted(by_rule.items())})

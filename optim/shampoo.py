@@ -37,8 +37,8 @@ class Shampoo(torch.optim.Optimizer):
 
     def __init__(self, params, *, lr: float = 1e-3, eps: float = 1e-12, weight_decay: float = 0.0,
                  precondition_interval: int = 1):
-        super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay))
-        self.precondition_interval = precondition_interval
+        super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay,
+                                      precondition_interval=precondition_interval))
         for group in self.param_groups:
             if not group["eps"] > 0:
                 raise ValueError(f"Shampoo needs eps > 0 (L_0 = eps I must be invertible), got {group['eps']}")
@@ -60,7 +60,7 @@ class Shampoo(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = closure_loss(closure)
         for group in self.param_groups:
-            lr, eps = group["lr"], group["eps"]
+            lr, eps, interval = group["lr"], group["eps"], group["precondition_interval"]
             for p in with_grad(group):
                 g, state = p.grad, self.state[p]
                 if not state:
@@ -70,9 +70,9 @@ class Shampoo(torch.optim.Optimizer):
                 g = g.double()
                 state["left"].addmm_(g, g.T)
                 state["right"].addmm_(g.T, g)
-                if state["step"] % self.precondition_interval == 0:
+                if state["step"] % interval == 0:
                     roots = inverse_fourth_root(state["left"], eps), inverse_fourth_root(state["right"], eps)
-                    if self.precondition_interval > 1:  # kept for the steps that reuse them (k = 1 keeps none)
+                    if interval > 1:  # kept for the steps that reuse them (k = 1 keeps none)
                         state["left_root"], state["right_root"] = roots
                 else:
                     roots = state["left_root"], state["right_root"]

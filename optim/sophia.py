@@ -23,14 +23,20 @@ class SophiaG(torch.optim.Optimizer):
 
     def __init__(self, params, *, lr: float = 1e-4, betas=(0.965, 0.99), rho: float = 0.04, clip: float = 1.0,
                  eps: float = 1e-15, weight_decay: float = 0.0, hessian_interval: int = 10):
-        defaults = dict(lr=lr, betas=tuple(betas), rho=rho, clip=clip, eps=eps, weight_decay=weight_decay)
+        checks = {"lr": lr >= 0, "betas": len(betas) == 2 and all(0 <= b < 1 for b in betas), "rho": rho > 0,
+                  "clip": clip > 0, "eps": eps >= 0, "weight_decay": weight_decay >= 0,
+                  "hessian_interval": isinstance(hessian_interval, int) and hessian_interval >= 1}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"SophiaG: invalid {name}: {locals()[name]!r}")
+        defaults = dict(lr=lr, betas=tuple(betas), rho=rho, clip=clip, eps=eps, weight_decay=weight_decay,
+                        hessian_interval=hessian_interval)
         super().__init__(params, defaults)
-        self.hessian_interval = hessian_interval
 
     def hessian_due(self, step: int) -> bool:
         """After 0-based step `step`: steps k-1, 2k-1, ..., as the authors' loop; the first k steps see h = 0,
-        i.e. clipped sign-momentum updates."""
-        return (step + 1) % self.hessian_interval == 0
+        i.e. clipped sign-momentum updates. One estimate serves every group: k is the optimizer's."""
+        return (step + 1) % self.defaults["hessian_interval"] == 0
 
     def _state(self, p: torch.Tensor) -> dict:
         state = self.state[p]

@@ -30,44 +30,60 @@ NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)  # torch.optim.Muon's quintic, as eve
 class SSO(torch.optim.Optimizer):
     """2-D parameters only. `radius` is c; the top singular pair comes from `power_iters` steps of power
     iteration (20, the authors' Megatron default) warm-started from the last step's right vector (their cached
-    singular vectors; kept in the state, so a resume is exact)."""
+    singular vectors; kept in the state, so a resume is exact). `tol`, `max_expand` and `max_bisect` bound the
+    search for lambda."""
 
     def __init__(self, params, *, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
                  radius: float = 1.0, weight_decay: float = 0.0, ns_steps: int = 5,
                  ns_dtype: torch.dtype = torch.float32, power_iters: int = 20, tol: float = 1e-6,
-                 max_expand: int = 10, max_bisect: int = 20, eps: float = 1e-7):
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, radius=radius, weight_decay=weight_decay)
+                 max_expand: int = 10, max_bisect: int = 20, ns_eps: float = 1e-7):
+        checks = {"lr": lr >= 0, "momentum": 0 <= momentum < 1, "radius": radius > 0, "weight_decay": weight_decay >= 0,
+                  "ns_steps": ns_steps >= 1, "power_iters": power_iters >= 1, "tol": tol > 0,
+                  "max_expand": max_expand >= 1, "max_bisect": max_bisect >= 0, "ns_eps": ns_eps > 0}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"SSO: invalid {name}: {locals()[name]!r}")
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, radius=radius, weight_decay=weight_decay,
+                        ns_steps=ns_steps, ns_dtype=ns_dtype, power_iters=power_iters, tol=tol,
+                        max_expand=max_expand, max_bisect=max_bisect, ns_eps=ns_eps)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim != 2:
                     raise ValueError(f"SSO keeps matrices on a spectral sphere, got shape {tuple(p.shape)}")
-        self.ns_steps, self.ns_dtype, self.power_iters, self.eps = ns_steps, ns_dtype, power_iters, eps
-        self.tol, self.max_expand, self.max_bisect = tol, max_expand, max_bisect
 
-    def msign(self, x: torch.Tensor) -> torch.Tensor:
-        return newton_schulz(x, NS_COEFFICIENTS, self.ns_steps, self.eps, self.ns_dtype).float()
+    def _init_state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            state["momentum_buffer"] = torch.zeros_like(p)
+            state["v"] = torch.ones(p.shape[1], 1, device=p.device)  # the authors' start
+        return state
 
-    def top_singular(self, w: torch.Tensor, v: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def msign(x: torch.Tensor, group: dict) -> torch.Tensor:
+        return newton_schulz(x, NS_COEFFICIENTS, group["ns_steps"], group["ns_eps"], group["ns_dtype"]).float()
+
+    @staticmethod
+    def top_singular(w: torch.Tensor, v: torch.Tensor, group: dict) -> tuple[float, torch.Tensor, torch.Tensor]:
         """(sigma, u, v) of w (float32) by bilateral power iteration from the unit column v."""
-        for _ in range(self.power_iters):
-            u = torch.nn.functional.normalize(w @ v, dim=0, eps=self.eps)
-            v = torch.nn.functional.normalize(w.T @ u, dim=0, eps=self.eps)
+        for _ in range(group["power_iters"]):
+            u = torch.nn.functional.normalize(w @ v, dim=0, eps=group["ns_eps"])
+            v = torch.nn.functional.normalize(w.T @ u, dim=0, eps=group["ns_eps"])
         return (u.T @ w @ v).item(), u, v
 
-    def solve_lambda(self, m: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> float:
+    def solve_lambda(self, m: torch.Tensor, u: torch.Tensor, v: torch.Tensor, group: dict) -> float:
         """The root of h(lambda) = <Theta, msign(m + lambda Theta)> = u^T msign(.) v, non-decreasing in lambda:
         bracket from 0 by doubling steps against the sign of h(0), then bisect. Unbracketed: 0, Muon's direction."""
         theta = u @ v.T
 
         def h(lam: float) -> float:
-            return (u.T @ self.msign(m + lam * theta) @ v).item()
+            return (u.T @ self.msign(m + lam * theta, group) @ v).item()
 
         lo, f_lo = 0.0, h(0.0)
-        if abs(f_lo) <= self.tol:
+        if abs(f_lo) <= group["tol"]:
             return 0.0
         step = 1e-3 if f_lo < 0 else -1e-3
-        for _ in range(self.max_expand):
+        for _ in range(group["max_expand"]):
             hi, f_hi = lo + step, h(lo + step)
             if (f_hi > 0) != (f_lo > 0):
                 break
@@ -76,12 +92,12 @@ class SSO(torch.optim.Optimizer):
             return 0.0
         (a, f_a), (b, f_b) = sorted([(lo, f_lo), (hi, f_hi)], key=lambda t: t[1])  # h(a) <= 0 < h(b)
         best, f_best = (a, f_a) if abs(f_a) < abs(f_b) else (b, f_b)
-        for _ in range(self.max_bisect):
+        for _ in range(group["max_bisect"]):
             mid = 0.5 * (a + b)
             f_mid = h(mid)
             if abs(f_mid) < abs(f_best):
                 best, f_best = mid, f_mid
-            if abs(f_mid) <= self.tol:
+            if abs(f_mid) <= group["tol"]:
                 break
             if f_mid <= 0:
                 a = mid
@@ -95,18 +111,15 @@ class SSO(torch.optim.Optimizer):
         for group in self.param_groups:
             lr, beta = group["lr"], group["momentum"]
             for p in with_grad(group):
-                g, state = p.grad, self.state[p]
-                if not state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                    state["v"] = torch.ones(p.shape[1], 1, device=p.device)  # the authors' start
+                g, state = p.grad, self._init_state(p)
                 buf = state["momentum_buffer"]
                 buf.lerp_(g, 1 - beta)
                 m = (g.lerp(buf, beta) if group["nesterov"] else buf).float()
-                m = m / m.norm().clamp(min=self.eps)
-                sigma, u, state["v"] = self.top_singular(p.float(), state["v"])
+                m = m / m.norm().clamp(min=group["ns_eps"])
+                sigma, u, state["v"] = self.top_singular(p.float(), state["v"], group)
                 radius = group["radius"] * math.sqrt(p.shape[0] / p.shape[1])
-                p.mul_(radius / max(sigma, self.eps))  # retraction onto ||W||_2 = R
-                phi = self.msign(m + self.solve_lambda(m, u, state["v"]) * (u @ state["v"].T))
+                p.mul_(radius / max(sigma, group["ns_eps"]))  # retraction onto ||W||_2 = R
+                phi = self.msign(m + self.solve_lambda(m, u, state["v"], group) * (u @ state["v"].T), group)
                 p.mul_(1 - lr * group["weight_decay"])
                 p.add_(phi.to(p.dtype), alpha=-lr * radius)
         return loss

@@ -141,9 +141,3 @@ def test_yaml_inheritance_and_typed_overrides(tmp_path):
     cfg = load_config(tmp_path / "child.yaml", ["optim.betas=[0.8, 0.9]", "optim.lr=2e-3", "train.compile=true"])
     assert (cfg.model.n_layer, cfg.model.n_embd) == (8, 128)
     assert cfg.optim.betas == [0.8, 0.9] and cfg.optim.lr == 0.002 and cfg.train.compile is True
-
-
-@pytest.mark.parametrize("name,ratio", [("muon", 0.1), ("muon_kimi", 1.0), ("adamw", 1.0)])
-def test_adamw_half_defaults_to_the_papers_ratio_for_the_optimizer(name, ratio):
-    assert load_config(None, {"optim.name": name}).optim.adamw_lr_ratio == ratio
-    assert load_config(None, {"optim.name": name, "optim.adamw_lr_ratio": 0.5}).optim.adamw_lr_ratio == 0.5

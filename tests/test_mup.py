@@ -12,6 +12,8 @@ from config import ConfigError, load_config
 from mup.table import table_for
 
 ETA, LAM, EPS, SIGMA = 2**-7, 0.1, 1e-16, 0.02
+MATRIX_EPS = 1e-9  # the base epsilon of the hidden matrices' Shampoo or SOAP (optim.matrix_eps)
+OWN_EPS = {"shampoo", "soap"}
 SHAPES = [(128, 2), (512, 16), (1024, 8), (256, 32)]
 PARAMS = ["sp", "mup", "mup_k1", "mup_width"]
 FAMILIES = ["muon_kimi", "muon", "shampoo", "soap", "sso", "adamw", "lion", "sophia", "sgd"]
@@ -22,7 +24,7 @@ def cfg_at(n, L, p="mup", opt="muon_kimi", **extra):
     over = {"model.n_embd": n, "model.n_layer": L, "model.head_dim": 64, "model.vocab_size": 512,
             "model.block_size": 64, "scaling.base_width": 256, "scaling.base_depth": 4,
             "scaling.parameterization": p, "optim.name": opt, "optim.lr": ETA, "optim.weight_decay": LAM,
-            "optim.eps": EPS}
+            "optim.eps": EPS, **({"optim.matrix_eps": MATRIX_EPS} if opt in OWN_EPS else {})}
     over.update(extra)
     return load_config(None, over)
 
@@ -49,9 +51,9 @@ def expected(p, opt, role, n, L, adamw_ratio=1.0):
     elif o in ("muon", "shampoo", "soap", "sso"):  # Table C (Muon, Shampoo, SOAP), Table E (SSO); k=1 rows
         lr, wd = (ETA / sq(rL), LAM) if k1 else (ETA, LAM)
         if o == "shampoo":  # v2's Shampoo eps row; k=1: eps / r_L
-            eps = EPS / rL if k1 else EPS / rL**2
+            eps = MATRIX_EPS / rL if k1 else MATRIX_EPS / rL**2
         if o == "soap":  # not in the paper: the square root of Shampoo's row (SOAP's eps is Adam's, gradient units)
-            eps = EPS / sq(rL) if k1 else EPS / rL
+            eps = MATRIX_EPS / sq(rL) if k1 else MATRIX_EPS / rL
     elif o in ("adamw", "lion", "sophia"):  # Table B (AdamW, also Lion, Sophia); k=1 row AdamW/Lion/Sophia
         lr, wd, eps = {
             "input": (ETA, LAM, EPS / rn),
@@ -162,7 +164,7 @@ def test_general_depth_exponent_follows_the_spec():
     assert close(kimi[q].lr, ETA * rn**-0.5 * rL ** (a - 1))
     assert close(adamw[q].lr, ETA / rn * rL ** (a - 1)) and close(adamw[q].eps, EPS / rn * rL**-a)
     assert close(adamw[bias].lr, ETA * rL ** (a - 1))
-    assert close(shampoo[q].eps, EPS * rL ** (-2 * a))
+    assert close(shampoo[q].eps, MATRIX_EPS * rL ** (-2 * a))
 
 
 def test_depth_exponent_outside_half_to_one_is_rejected():
