@@ -148,3 +148,23 @@ class GPT(nn.Module):
         if targets is not None:
             return None, self.head.loss(x, targets)
         return self.head(x), None
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 vocab: int | None = None, generator: torch.Generator | None = None):
+        """Continue each row of idx (B, T) by max_new_tokens sampled tokens, the context cut to the last block_size;
+        temperature 0 takes the most likely token, top_k keeps only the k most likely, and only the first `vocab`
+        ids are drawn (the tokenizer's: the rest of vocab_size is padding)."""
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -self.cfg.block_size:])
+            logits = logits[:, -1, :vocab].float()
+            if temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None and top_k < logits.size(-1):
+                    kth = torch.topk(logits, top_k).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+            idx = torch.cat([idx, nxt], 1)
+        return idx

@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 
 from atomic import atomic_path
-from config import Config, ConfigError, flat_dict, with_defaults
+from config import Config, ConfigError, flat_dict, from_flat, with_defaults
 
 CKPT = "ckpt.pt"
+SAVED = ("model", "optim", "step", "config")  # what every checkpoint of this repository holds
 # Keys a resume may change: intervals of logging, evaluation and checkpoints, where to stop this time, the
 # micro-batch (the global batch and its samples are fixed; ranks and micro-batches only split it), and
 # activation recomputation. Prefixes end with a dot.
@@ -44,6 +45,29 @@ def load(path: Path, cfg: Config) -> dict:
                           f" run, so nothing was changed. Differing keys:\n  " + "\n  ".join(diff)
                           + "\nResume with the checkpoint's values, or start a new run in another train.out_dir")
     return ckpt
+
+
+def read(run_dir) -> dict:
+    """The checkpoint of the run in `run_dir` (its ckpt.pt, on the CPU), or a one-line ConfigError saying why there
+    is none to use: no such run, no checkpoint yet, an unreadable file, or a file this repository did not write."""
+    path = Path(run_dir) / CKPT
+    if not path.is_file():
+        what = "has no checkpoint (ckpt.pt): train it with python train.py ... train.out_dir=" if Path(
+            run_dir).is_dir() else "does not exist: give a run directory (a train.out_dir), e.g. "
+        raise ConfigError(f"{run_dir} {what}{run_dir if Path(run_dir).is_dir() else 'out/default'}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or not set(SAVED) <= set(ckpt):
+        raise ConfigError(f"{path} is not a checkpoint of this repository (it lacks"
+                          f" {', '.join(k for k in SAVED if not isinstance(ckpt, dict) or k not in ckpt)})")
+    return ckpt
+
+
+def run_config(ckpt: dict) -> Config:
+    """The config a checkpoint was trained with, read in today's keys."""
+    return from_flat(with_defaults(ckpt["config"]))
 
 
 def save(path: Path, state: dict) -> None:
