@@ -6,8 +6,6 @@ from collections import defaultdict
 
 import torch
 
-from config import Config
-from mup.scaling import TensorHP
 from optim.muon import Muon
 from optim.shampoo import Shampoo
 from optim.sophia import SophiaG, sampled_label_backward
@@ -64,7 +62,7 @@ class Hybrid:
             opt.load_state_dict(state[name])
 
 
-def ns_dtype(cfg: Config, device: torch.device) -> torch.dtype:
+def ns_dtype(cfg, device: torch.device) -> torch.dtype:
     if cfg.optim.ns_dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, cfg.optim.ns_dtype)
@@ -86,7 +84,7 @@ def pytorch_optimizer():
     return pytorch_optimizer
 
 
-def build_optimizer(cfg: Config, model: torch.nn.Module, table: list[TensorHP]) -> Hybrid:
+def build_optimizer(cfg, model: torch.nn.Module, table: list) -> Hybrid:
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     claimed = [rec.name for rec in table]
     unclaimed = sorted(set(params) - set(claimed))
