@@ -439,11 +439,6 @@ def validate(cfg: "Config", world_size: int = 1) -> None:
         )
 
 
-def min_lr_ratio(o: OptimConfig) -> float:
-    """The schedule's floor as a fraction of each group's base lr."""
-    return o.min_lr / o.lr
-
-
 def describe_keys() -> str:
     """Every key with its type, default, choices and doc: the body of `python train.py --help`."""
     lines = []

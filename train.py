@@ -26,12 +26,15 @@ from config import Config, ConfigError, describe_keys, flat_dict, load_config, s
 from data.loader import FixedWindows, TokenBatches
 from mup.scaling import build_model
 from optim.hybrid import build_optimizer
-from optim.schedule import lr_factor
-from trainer import checkpoint, records
-from trainer.records import Log, read_record, record_failure, record_stop, write_record
+from trainer import checkpoint
+from trainer.records import Log
+from trainer.run_record import (DIVERGED, DONE, INTERRUPTED, RUN_JSON, RUNNING, read_record, record_failure,
+                                record_stop, run_record, write_record)
 from trainer.runtime import Runtime, check_data, check_out_dir, check_wandb, compile_blocks
 from trainer.signals import StopRequest
 from trainer.step import evaluate, train_step
+
+STOPPED = "stopped"  # how loop() ends at train.stop_after: the record says running, a resume continues it
 
 
 def check(cfg: Config, rt: Runtime) -> tuple[Path, dict | None]:
@@ -76,10 +79,15 @@ class Run:
         self.val = FixedWindows(data_dir, "val", cfg.model.block_size, t.eval_windows, t.eval_seed)
         self.tokens_per_step = t.batch_size * cfg.model.block_size
         self.flops_per_token = perf.train_flops_per_token(self.raw) if perf.peak_flops(rt.device) else None
-        self.t0 = time.time()
+        self.started = time.time()
 
     def wall_s(self) -> float:
-        return self.elapsed + time.time() - self.t0
+        return self.elapsed + time.time() - self.started
+
+    def lr(self) -> float:
+        """η_base as the last step scheduled it: a group's lr is its own base lr times the schedule's factor."""
+        group = self.opt.param_groups[0]
+        return self.cfg.optim.lr * (group["lr"] / group["base_lr"])
 
     def progress(self) -> dict:
         return {"step": self.step, "tokens": self.step * self.tokens_per_step, "wall_s": self.wall_s()}
@@ -94,13 +102,13 @@ class Run:
                  "window_sum": self.rt.mean(self.window_sum.clone()).cpu(), "window_start": self.window_start}
         if self.rt.master:
             checkpoint.save(self.out / checkpoint.CKPT, state)
-            write_record(self.cfg, "running", **self.progress())
+            write_record(self.cfg, RUNNING, **self.progress())
 
     def finish(self, status: str, log: Log, **extra) -> dict:
-        val = self.evaluate() if status == "done" else None
-        fields = {**self.progress(), "final_train_loss": None if status == "diverged" else self.train_loss,
+        val = self.evaluate() if status == DONE else None
+        fields = {**self.progress(), "final_train_loss": None if status == DIVERGED else self.train_loss,
                   "final_val_loss": val, **extra}
-        record = (write_record if self.rt.master else records.run_record)(self.cfg, status, **fields)
+        record = (write_record if self.rt.master else run_record)(self.cfg, status, **fields)
         if val is not None:
             log({"step": self.step, "val_loss": val})
         return record
@@ -111,8 +119,7 @@ def log_window(run: Run, log: Log, spectral_report: dict | None, eval_due: bool,
     cfg, rt = run.cfg, run.rt
     run.train_loss = rt.mean(run.window_sum / (run.step - run.window_start)).item()
     tokens_per_s = steps * run.tokens_per_step / max(seconds, 1e-9)
-    record = {"step": run.step, "train_loss": run.train_loss,
-              "lr": cfg.optim.lr * lr_factor(run.step - 1, cfg.optim, cfg.train.max_iters),
+    record = {"step": run.step, "train_loss": run.train_loss, "lr": run.lr(),
               "tokens": run.step * run.tokens_per_step, "tokens_per_s": tokens_per_s}
     if run.flops_per_token:
         record["mfu"] = tokens_per_s * run.flops_per_token / (perf.peak_flops(rt.device) * rt.world)
@@ -129,7 +136,7 @@ def loop(run: Run, log: Log, stop: StopRequest) -> str:
     """Steps until max_iters, stop_after, divergence or a stop signal; returns how it ended."""
     cfg, rt, t = run.cfg, run.rt, run.cfg.train
     nonfinite = torch.zeros((), dtype=torch.bool, device=rt.device)
-    window_t0, window_steps, paused = time.time(), 0, 0.0  # throughput leaves checkpoints and evals out
+    window_start, window_steps, paused = time.time(), 0, 0.0  # throughput leaves checkpoints and evals out
     if cfg.log.spectral_interval:
         from mup import spectral  # optional diagnostics
     first = run.step
@@ -142,8 +149,8 @@ def loop(run: Run, log: Log, stop: StopRequest) -> str:
         if step == first and t.compile:  # this process's first step compiles: timed on its own, not in tokens/s
             if rt.device.type == "cuda":
                 torch.cuda.synchronize()
-            log.say(f"first step (compiles the model): {time.time() - window_t0:.1f} s")
-            window_t0, window_steps = time.time(), 0
+            log.say(f"first step (compiles the model): {time.time() - window_start:.1f} s")
+            window_start, window_steps = time.time(), 0
         done = run.step
         eval_due = done % t.eval_interval == 0 and done != t.max_iters  # the end always evaluates
         log_due = done % t.log_interval == 0 or done == t.max_iters or spectral_due or eval_due
@@ -153,29 +160,29 @@ def loop(run: Run, log: Log, stop: StopRequest) -> str:
             flags = torch.stack([nonfinite.float(), torch.tensor(float(stop.requested), device=rt.device)])
             diverged, stopping = (v > 0 for v in rt.sum(flags).tolist())
             if diverged:
-                log({"step": done, "status": "diverged"})
-                return "diverged"
+                log({"step": done, "status": DIVERGED})
+                return DIVERGED
         if log_due:
             report = spectral.report(run.raw, run.table, before) if before is not None else None
-            log_window(run, log, report, eval_due, time.time() - window_t0 - paused, window_steps)
-            window_t0, window_steps, paused = time.time(), 0, 0.0
+            log_window(run, log, report, eval_due, time.time() - window_start - paused, window_steps)
+            window_start, window_steps, paused = time.time(), 0, 0.0
         if ckpt_due or stopping:
-            t_save = time.time()
+            save_start = time.time()
             run.save()
-            paused += time.time() - t_save
+            paused += time.time() - save_start
         if stopping:
-            return "interrupted"
+            return INTERRUPTED
         if done == t.stop_after:
-            return "stopped"
-    return "done"
+            return STOPPED
+    return DONE
 
 
 def train(cfg: Config, rt: Runtime, data_dir: Path, ckpt: dict | None, stop: StopRequest) -> dict:
     """build -> resume -> loop -> finish; returns the run.json record."""
     out, t = Path(cfg.train.out_dir), cfg.train
-    if ckpt is not None and ckpt["step"] >= t.max_iters and read_record(out).get("status") == "done":
+    if ckpt is not None and ckpt["step"] >= t.max_iters and read_record(out).get("status") == DONE:
         if rt.master:
-            print(f"{out} is already done ({t.max_iters} steps): {out / records.RUN_JSON}")
+            print(f"{out} is already done ({t.max_iters} steps): {out / RUN_JSON}")
         return read_record(out)
     if rt.master:
         out.mkdir(parents=True, exist_ok=True)
@@ -187,18 +194,18 @@ def train(cfg: Config, rt: Runtime, data_dir: Path, ckpt: dict | None, stop: Sto
             f" = {t.max_iters * run.tokens_per_step / 1e6:.1f}M tokens, {rt.world} x {rt.device.type}"
             + (f"; resuming at step {run.step}" if run.step else ""))
     if rt.master:
-        write_record(cfg, "running", **run.progress())
+        write_record(cfg, RUNNING, **run.progress())
     ended = loop(run, log, stop)
-    if ended == "interrupted":
+    if ended == INTERRUPTED:
         name = stop.signum.name
         log.say(f"{name}: checkpointed step {run.step}; continue with train.resume=auto (or --resume)")
-        result = run.finish("interrupted", log, signal=name)
-    elif ended == "stopped":
+        result = run.finish(INTERRUPTED, log, signal=name)
+    elif ended == STOPPED:
         log.say(f"stopped after step {run.step}; continue with train.resume=auto")
-        result = run.finish("running", log)
+        result = run.finish(RUNNING, log)
     else:
-        result = run.finish(ended, log, **({"diverged_step": run.step} if ended == "diverged" else {}))
-    log.say(f"{ended}: {out / records.RUN_JSON}")
+        result = run.finish(ended, log, **({"diverged_step": run.step} if ended == DIVERGED else {}))
+    log.say(f"{ended}: {out / RUN_JSON}")
     log.close()
     return result
 
@@ -242,7 +249,7 @@ def main(argv=None):
             together = True
         except KeyboardInterrupt:
             if rt.master and Path(cfg.train.out_dir).is_dir():
-                at = record_stop(cfg, "interrupted", signal="SIGINT")["step"]
+                at = record_stop(cfg, INTERRUPTED, signal="SIGINT")["step"]
                 print(f"\ninterrupted; continue from step {at or 0} with train.resume=auto (or --resume)",
                       file=sys.stderr)
             sys.exit(130)
@@ -252,7 +259,7 @@ def main(argv=None):
             raise
     finally:
         rt.stop(together)
-    if ended == "interrupted":
+    if ended == INTERRUPTED:
         sys.exit(143)
 
 

@@ -12,19 +12,23 @@
 `grid:` may also be a list of such mappings, whose products are concatenated, so that axes that depend on
 each other (Fig. 2's per-parameterization LR ranges) stay in one sweep, one directory and one plot. A run
 is named after its swept settings (`parameterization=mup,n_embd=256,log2_lr=-7,seed=1`), which is also its
-directory. Everything here is checked before any run starts, and none of it needs torch.
+directory. Everything here is checked before any run starts, and none of it needs torch. A launched sweep
+leaves its plan in DIR/sweep.json (every run's name and overrides, in order), which plots read.
 """
 
 import dataclasses
 import difflib
 import itertools
+import json
 import re
 from pathlib import Path
 
 import yaml
 
+from atomic import write_json
 from config import KEYS, Config, ConfigError, from_flat, parse_overrides, read_yaml
 
+SWEEP_JSON = "sweep.json"  # in a sweep's directory: its plan
 SWEEP_KEYS = ("base", "grid", "overrides", "seeds")
 LOG2 = {"log2_lr": "optim.lr", "log2_wd": "optim.weight_decay"}  # grid shorthands: x stands for key = 2**x
 RESERVED = ("train.out_dir", "train.resume")  # the sweep sets these for every run
@@ -168,3 +172,16 @@ def load_sweep(path: Path, out: Path) -> Sweep:
             raise ConfigError(f"run {name}: {e}") from None
         runs.append(Run(name, out / name, overrides, cfg))
     return Sweep(path.resolve(), base, runs)
+
+
+def write_plan(sweep: Sweep, out: Path) -> None:
+    """DIR/sweep.json: the sweep file, its base and every run's overrides, in the sweep's order."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_json(Path(out) / SWEEP_JSON, {"sweep": str(sweep.file), "base": str(sweep.base),
+                                        "runs": {run.name: run.overrides for run in sweep.runs}})
+
+
+def read_plan(out: Path) -> dict | None:
+    """{run name: overrides} of the sweep launched into `out`, in order; None where none was launched there."""
+    path = Path(out) / SWEEP_JSON
+    return json.loads(path.read_text())["runs"] if path.exists() else None

@@ -8,18 +8,14 @@ No torch here, so that summarizing a sweep is quick and works anywhere the recor
 """
 
 import dataclasses
-import json
 import math
 import typing
 from collections import defaultdict
 from pathlib import Path
 
 from config import KEYS, check_type, flatten, with_defaults
-from experiments.grid import LOG2, run_name
-
-SWEEP_JSON, RUN_JSON = "sweep.json", "run.json"
-FINISHED = ("done", "diverged")  # outcomes a rerun keeps; running, interrupted, failed or none: it runs again
-INTERRUPTED = "interrupted"  # stopped by a signal at a checkpoint; a rerun resumes it
+from experiments.grid import LOG2, read_plan, run_name
+from trainer.run_record import DONE, FINISHED, RUN_JSON, read_record
 NOT_SETTINGS = ("train.out_dir", "train.seed", "train.resume")  # vary without making a new row or panel
 # What a row is, the first of these that the sweep varies: (axis name, row label).
 SIZES = {"model.n_embd": ("width", "n"), "model.n_layer": ("depth", "L"), "train.max_iters": ("horizon", "steps"),
@@ -30,14 +26,6 @@ NOT_HYPERPARAMETERS = ("scaling.base_width", "scaling.base_depth")  # they defin
 
 class ResultsError(ValueError):
     """Nothing to summarize: no records, or nothing swept to summarize against."""
-
-
-def read_record(run_dir: Path) -> dict:
-    """A run's run.json, or {} where there is none yet (or a torn one)."""
-    try:
-        return json.loads((Path(run_dir) / RUN_JSON).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 @dataclasses.dataclass
@@ -57,7 +45,7 @@ def from_record(name: str, record: dict) -> Result:
     """A record written before a config key existed has that key's default (what it trained with), so that a
     key added while a sweep runs does not split the sweep in two."""
     flat = flatten(record["config"])
-    loss = record.get("final_val_loss") if record.get("status") == "done" else None
+    loss = record.get("final_val_loss") if record.get("status") == DONE else None
     return Result(name, record.get("status"), with_defaults(flat),
                   math.nan if loss is None else float(loss))
 
@@ -78,13 +66,13 @@ def load_results(sweep_dir: Path) -> list[Result]:
     """Every run DIR/sweep.json plans, in its order, those without a run.json included; without a
     sweep.json, every DIR/**/run.json."""
     sweep_dir = Path(sweep_dir)
-    if not (sweep_dir / SWEEP_JSON).exists():
+    plan = read_plan(sweep_dir)
+    if plan is None:
         records = {str(p.parent.relative_to(sweep_dir)): read_record(p.parent) for p in sorted(sweep_dir.rglob(RUN_JSON))}
         results = [from_record(name, r) for name, r in records.items() if r.get("config")]
         if not results:
             raise ResultsError(f"no run.json under {sweep_dir}")
         return results
-    plan = json.loads((sweep_dir / SWEEP_JSON).read_text())["runs"]
     records = {name: read_record(sweep_dir / name) for name in plan}
     recorded = [(plan[name], from_record(name, r)) for name, r in records.items() if r.get("config")]
     if not recorded:

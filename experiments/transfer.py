@@ -19,7 +19,8 @@ from pathlib import Path
 
 from config import KEYS, Config, flat_dict
 from experiments.grid import LOG2, yaml_scalar
-from experiments.results import FINISHED, NOT_SETTINGS, Result, hyperparameter, log2, varying
+from experiments.results import NOT_SETTINGS, Result, hyperparameter, log2, varying
+from trainer.run_record import DONE, FINISHED
 
 SHAPE = ("model.n_embd", "model.n_layer")  # what a row of the sweep is; the target's may be anything
 BASE = ("scaling.base_width", "scaling.base_depth")
@@ -139,7 +140,7 @@ def row_optimum(row: Row, keys: list[str]) -> tuple:
         raise TransferError(f"row {label} of the sweep diverged: none of its runs finished with a loss")
     best = min(finite, key=finite.get)
     for point, runs in row.cells.items():  # a seed that diverged where another seed beat the optimum
-        losses = [r.loss for r in runs if r.status == "done"]
+        losses = [r.loss for r in runs if r.status == DONE]
         if point != best and len(losses) < len(runs) and losses and min(losses) < finite[best]:
             raise TransferError(f"row {label}: at {point_text(point_values(row, point, keys))} a seed diverged"
                                 f" while another reached {min(losses):.4g}, below the optimum's {finite[best]:.4g}:"

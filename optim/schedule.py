@@ -3,10 +3,14 @@ own base lr, so the per-tensor ratios of the scaling table survive scheduling.""
 
 import math
 
-from config import OptimConfig, min_lr_ratio
+
+def min_lr_ratio(o) -> float:
+    """The schedule's floor as a fraction of each group's base lr: optim.min_lr is the floor at η_base."""
+    return o.min_lr / o.lr
 
 
-def lr_factor(step: int, o: OptimConfig, max_iters: int) -> float:
+def lr_factor(step: int, o, max_iters: int) -> float:
+    """The factor of 0-based step `step`; `o` is the config's optim section."""
     if step < o.warmup_iters:
         return (step + 1) / o.warmup_iters
     if o.schedule == "constant":

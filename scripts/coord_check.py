@@ -1,6 +1,6 @@
 """Coordinate check: python scripts/coord_check.py CONFIG.yaml [key=value ...] --out DIR
 
-CONFIG is a run config plus a `coord:` section (see mup/coord.py:Sweep and configs/coord/). Writes
+CONFIG is a run config plus a `coord:` section (see experiments/coord.py:Sweep and configs/coord/). Writes
 DIR/coord.csv (parameterization, width, depth, seed, step, site, rms), DIR/spectral.csv (Condition 3.1
 per update, if coord.spectral), DIR/config.json, and the figure DIR/coord.png / .pdf: one panel per
 parameterization, the last block's output ||h_L||_R (seed mean) against width or depth, one line per step.
@@ -24,7 +24,7 @@ from matplotlib.ticker import LogLocator, NullFormatter  # noqa: E402
 
 from atomic import atomic_path, write_json  # noqa: E402
 from config import ConfigError, from_flat, parse_overrides, read_yaml, split_command_line, to_dict  # noqa: E402
-from mup.coord import COLUMNS, SPECTRAL_COLUMNS, run_sweep, seed_means, split_sweep, verdict, write_csv  # noqa: E402
+from experiments.coord import COLUMNS, SPECTRAL_COLUMNS, run_sweep, seed_means, split_sweep, verdict, write_csv  # noqa: E402
 
 
 def plot(rows, axis: str, verdicts: dict, out: Path) -> None:

@@ -1,4 +1,4 @@
-"""bench.acceptance, the GPU acceptance check: its CPU smoke mode end to end, a failing check failing the run, and
+"""python -m acceptance, the GPU acceptance check: its CPU smoke mode end to end, a failing check failing the run, and
 the verdicts it draws from run records (without running anything)."""
 
 import math
@@ -10,8 +10,11 @@ import sys
 import pytest
 import torch
 
-from bench import acceptance
-from bench.acceptance import CHECKS, compare_runs, count_recompiles, judge_memory, judge_run, judge_throughput
+from acceptance import checks
+from acceptance.__main__ import main
+from acceptance.checks import CHECKS
+from acceptance.memory import largest_run
+from acceptance.verdicts import compare_runs, count_recompiles, judge_memory, judge_run, judge_throughput
 from config import load_config, split_command_line, validate
 
 H100 = 989e12
@@ -25,7 +28,7 @@ def verdicts(stdout: str) -> dict:
 
 def test_smoke_mode_passes_every_check(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "bench.acceptance", "--smoke", "--out", str(tmp_path)], env=env,
+    res = subprocess.run([sys.executable, "-m", "acceptance", "--smoke", "--out", str(tmp_path)], env=env,
                          capture_output=True, text=True, timeout=420)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert verdicts(res.stdout) == dict.fromkeys(CHECKS, "PASS"), res.stdout[-4000:]
@@ -39,9 +42,9 @@ def test_a_failing_check_fails_the_run_and_the_others_still_run(tmp_path, monkey
     def broken_device(self):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(acceptance.Acceptance, "check_device", broken_device)
+    monkeypatch.setattr(checks.Acceptance, "check_device", broken_device)
     monkeypatch.setattr(optim.hybrid, "ns_dtype", lambda cfg, device: torch.float16)  # Muon off bf16
-    code = acceptance.main(["--smoke", "--only", "device,optimizer", "--out", str(tmp_path)])
+    code = main(["--smoke", "--only", "device,optimizer", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 1
     assert verdicts(out) == {"device": "FAIL", "optimizer": "FAIL"}
@@ -50,24 +53,24 @@ def test_a_failing_check_fails_the_run_and_the_others_still_run(tmp_path, monkey
 
 
 def test_the_optimizer_check_passes_unbroken(tmp_path, capsys):
-    assert acceptance.main(["--smoke", "--only", "optimizer", "--out", str(tmp_path)]) == 0
+    assert main(["--smoke", "--only", "optimizer", "--out", str(tmp_path)]) == 0
     assert verdicts(capsys.readouterr().out) == {"optimizer": "PASS"}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA answers")
 def test_gpu_mode_without_cuda_fails_the_device_and_skips_what_needs_it(tmp_path, capsys):
-    assert acceptance.main(["--only", "device,optimizer,train,ddp,memory-width", "--out", str(tmp_path)]) == 1
+    assert main(["--only", "device,optimizer,train,ddp,memory-width", "--out", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert verdicts(out) == {"device": "FAIL", "optimizer": "SKIP", "train": "SKIP", "ddp": "SKIP",
                              "memory-width": "SKIP"}
     assert "use --smoke" in out
     # skipped checks alone do not fail it
-    assert acceptance.main(["--only", "optimizer", "--out", str(tmp_path)]) == 0
+    assert main(["--only", "optimizer", "--out", str(tmp_path)]) == 0
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4, 8])
 def test_gpu_runs_are_valid_configs_on_any_number_of_gpus(tmp_path, world):
-    check = acceptance.Acceptance(acceptance.GPU, tmp_path, 600, 0.05)
+    check = checks.Acceptance(checks.GPU, tmp_path, 600, 0.05)
     check.world = world
     path, overrides = split_command_line(check.train_args(tmp_path / "run"))
     cfg = load_config(path, overrides)
@@ -80,8 +83,8 @@ def test_gpu_runs_are_valid_configs_on_any_number_of_gpus(tmp_path, world):
 
 
 def test_memory_checks_take_the_papers_largest_shapes():
-    width, _ = acceptance.largest_run(acceptance.SWEEPS["memory-width"])
-    depth, _ = acceptance.largest_run(acceptance.SWEEPS["memory-depth"])
+    width, _ = largest_run(checks.SWEEPS["memory-width"])
+    depth, _ = largest_run(checks.SWEEPS["memory-depth"])
     shape = lambda c: (c.model.n_embd, c.model.n_layer, c.train.micro_batch_size, c.model.block_size,  # noqa: E731
                        c.model.vocab_size)
     assert shape(width.config) == (4096, 4, 15, 1024, 50304)

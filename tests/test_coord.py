@@ -17,7 +17,8 @@ import torch
 
 from config import ConfigError, from_flat, read_yaml
 from data.loader import TokenBatches, ensure_offline_corpus
-from mup import coord, rules
+from experiments import coord
+from mup import rules
 from mup.scaling import build_model
 
 WIDTH, DEPTH = Path("configs/coord/tiny_width.yaml"), Path("configs/coord/tiny_depth.yaml")

@@ -116,22 +116,6 @@ def imports(path):
     return names
 
 
-LIBRARIES = ["experiments", "trainer", "mup", "optim", "data"]
-
-
-def test_layers_point_one_way():
-    """Scripts and train.py are command lines over the libraries; nothing below them imports them back."""
-    library = [p for d in LIBRARIES for p in (ROOT / d).rglob("*.py")]
-    library += [p for p in ROOT.glob("*.py") if p.name != "train.py"]
-    scripts = {p.stem for p in (ROOT / "scripts").glob("*.py")}
-    for path in library:
-        bad = {m for m in imports(path) if m == "train" or m.split(".")[0] in {"scripts", *scripts}}
-        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
-    for path in (ROOT / "bench").glob("*.py"):  # benchmarks measure the libraries; tests are not one
-        assert not {m for m in imports(path) if m.split(".")[0] == "tests"}, path.relative_to(ROOT)
-    assert "train" not in imports(ROOT / "scripts" / "sweep.py")
-
-
 def test_tests_share_helpers_through_conftest_only():
     for path in (ROOT / "tests").glob("test_*.py"):
         bad = {m for m in imports(path) if m.startswith("tests.test_")}

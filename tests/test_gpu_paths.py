@@ -127,14 +127,23 @@ def test_batched_muon_step_is_the_per_matrix_step(monkeypatch, nesterov):
 
 
 def test_batched_muon_stacks_are_bounded(monkeypatch):
+    """No stack holds more than MAX_STACK_ELEMENTS: the 8 square matrices of two blocks go as 3 + 3 + 2, a
+    matrix above the bound alone through the per-matrix iteration; the result is the per-matrix step's."""
     import torch
 
     from optim import muon
 
+    stacks, singles = [], []
+    batched_ns, single_ns = muon.newton_schulz_batched, muon.newton_schulz
+    monkeypatch.setattr(muon, "newton_schulz_batched", lambda g, *a: stacks.append(tuple(g.shape)) or batched_ns(g, *a))
+    monkeypatch.setattr(muon, "newton_schulz", lambda g, *a: singles.append(tuple(g.shape)) or single_ns(g, *a))
     monkeypatch.setattr(muon, "MAX_STACK_ELEMENTS", 3 * 64 * 64)
-    shapes = hidden_shapes(L=2)
-    per_matrix, batched = muon_run(shapes, ns_dtype=torch.float32), muon_run(shapes, ns_dtype=torch.float32,
-                                                                              ns_batched=True)
+    shapes, steps = hidden_shapes(L=2), 3
+    per_matrix = muon_run(shapes, steps, ns_dtype=torch.float32)
+    singles.clear()
+    batched = muon_run(shapes, steps, ns_dtype=torch.float32, ns_batched=True)
+    assert sorted(stacks) == sorted([(3, 64, 64), (3, 64, 64), (2, 64, 64)] * steps)
+    assert sorted(singles) == sorted([(256, 64), (256, 64), (64, 256), (64, 256), (64, 24)] * steps)
     for a, b in zip(per_matrix, batched):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 

@@ -140,14 +140,35 @@ def test_activation_checkpointing_gives_identical_loss_and_gradients(dropout):
     assert saved_bytes(ckpt, x, y) < 0.5 * saved_bytes(model, x, y)  # and the blocks' activations are not kept
 
 
-def test_activation_checkpointing_only_when_training_with_grad():
+def test_activation_checkpointing_only_when_training_with_grad(monkeypatch):
+    """Outputs are the same either way, so count what runs: in training each block's attention runs twice
+    (forward, then again in backward); in evaluation mode, even with gradients, or without gradients, once,
+    and nothing is checkpointed."""
+    import model as model_module
+
     cfg = tiny(**{"model.activation_checkpointing": True})
     model, _ = build_model(cfg)
-    x = tokens(cfg)
-    with torch.no_grad():
-        a = model.eval()(x)[0]
-    b = model.train()(x)[0]
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    x, y = tokens(cfg), tokens(cfg, seed=1)
+    forwards, checkpointed = [], []
+    for block in model.blocks:
+        block.attn.register_forward_hook(lambda m, a, out: forwards.append(1))
+    real = model_module.checkpoint
+    monkeypatch.setattr(model_module, "checkpoint", lambda *a, **k: checkpointed.append(1) or real(*a, **k))
+
+    def count(train: bool, grad: bool) -> tuple[int, int]:
+        forwards.clear(), checkpointed.clear()
+        model.train(train)
+        with torch.set_grad_enabled(grad):
+            loss = model(x, y)[1]
+            if grad:
+                loss.backward()
+        return len(forwards), len(checkpointed)
+
+    L = cfg.model.n_layer
+    assert count(train=True, grad=True) == (2 * L, L)  # recomputed in backward
+    assert count(train=False, grad=True) == (L, 0)
+    assert count(train=True, grad=False) == (L, 0)
+    assert count(train=False, grad=False) == (L, 0)
 
 
 def test_hooked_block_fires_once_per_forward_with_checkpointing():

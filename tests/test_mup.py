@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from config import ConfigError, load_config
-from mup.table import table_for
+from mup.scaling import table_for
 
 ETA, LAM, EPS, SIGMA = 2**-7, 0.1, 1e-16, 0.02
 MATRIX_EPS = 1e-9  # the base epsilon of the hidden matrices' Shampoo or SOAP (optim.matrix_eps)

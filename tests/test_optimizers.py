@@ -11,7 +11,7 @@ import torch
 
 from config import ConfigError, from_flat, load_config, read_yaml
 from mup import spectral
-from mup.coord import split_sweep
+from experiments.coord import split_sweep
 from mup.scaling import build_model
 from optim import registry
 from optim.hybrid import build_optimizer

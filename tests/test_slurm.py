@@ -1,4 +1,4 @@
-"""scripts/sweep.py's submitit backend as clusters use it, on CPU: checkpointable jobs that a signal before the
+"""The submitit backend (experiments/slurm.py) as clusters use it, on CPU: checkpointable jobs that a signal before the
 time limit stops at a checkpoint and requeues, the requeued job resuming the run; CPUs and threads that
 follow the GPUs of a run; distinct GPUs for runs that go at once (faked GPU lists). No Slurm is run."""
 
@@ -18,7 +18,7 @@ import submitit
 import yaml
 
 from config import ConfigError
-from experiments import grid
+from experiments import grid, processes, slurm
 from tests.conftest import ROOT, TINY_RUN
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -37,10 +37,9 @@ def write_sweep(path, grid_, overrides):
 def jobs_of(tmp_path, argv, grid_=None, overrides=None):
     """The executor parameters and jobs the submitit backend would submit for a tiny sweep."""
     path = write_sweep(tmp_path / "s.yaml", grid_ or {"log2_lr": [-7, -6]}, overrides or TINY_SWEEP)
-    args = sweep.parse_args([str(path), "--out", str(tmp_path / "out"), *argv])
-    s = grid.load_sweep(path, args.out)
-    cluster = {"slurm": "slurm", "local-submitit": "local"}[args.backend]
-    return s, (*sweep.submitit_jobs(s, s.runs, args, cluster),)
+    options = sweep.parse_args([str(path), "--out", str(tmp_path / "out"), *argv])
+    s = grid.load_sweep(path, options.out)
+    return s, (*slurm.submitit_jobs(s, s.runs, options, slurm.CLUSTERS[options.backend]),)
 
 
 def test_a_job_is_checkpointable_and_requeues_the_same_command(tmp_path):
@@ -49,8 +48,8 @@ def test_a_job_is_checkpointable_and_requeues_the_same_command(tmp_path):
     run = s.runs[0]
     assert job.cmd == [*SWEEP_PY, str(s.file), "--out", str(tmp_path / "out"), "--gpus-per-run", "1",
                        "--workers", "1", "--only", run.name]
-    # submitit pickles the job with cloudpickle, by value: the job process need not import scripts/sweep.py
-    cloudpickle.register_pickle_by_value(sweep)
+    # submitit pickles the job with cloudpickle, by value: the job process need not import this repository
+    cloudpickle.register_pickle_by_value(slurm)
     clone = cloudpickle.loads(cloudpickle.dumps(job))
     delayed = clone.checkpoint()  # what submitit's SIGUSR2 handler calls (nothing runs yet: nothing to stop)
     assert isinstance(delayed, submitit.helpers.DelayedSubmission)
@@ -65,7 +64,7 @@ def test_a_job_is_checkpointable_and_requeues_the_same_command(tmp_path):
     done = subprocess.run([sys.executable, "-c", read, str(tmp_path / "job.pkl")], cwd=tmp_path,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["RunJob", run.name, str(sweep.SIGNAL_DELAY_S * sweep.STOP_SHARE)]
+    assert done.stdout.split() == ["RunJob", run.name, str(slurm.SIGNAL_DELAY_S * slurm.STOP_SHARE)]
 
 
 def test_slurm_jobs_get_cpus_per_gpu_and_each_rank_a_share(tmp_path, monkeypatch):
@@ -76,12 +75,12 @@ def test_slurm_jobs_get_cpus_per_gpu_and_each_rank_a_share(tmp_path, monkeypatch
     assert [job.env for job in jobs] == [{"OMP_NUM_THREADS": "32"}] * 2  # no CUDA_VISIBLE_DEVICES: Slurm's
     # inside the job, its sweep.py (--workers 1) gives each of the 4 torchrun ranks a quarter
     monkeypatch.setenv("OMP_NUM_THREADS", jobs[0].env["OMP_NUM_THREADS"])
-    monkeypatch.setattr(sweep, "visible_gpus", lambda: ["0", "1", "2", "3"])  # what Slurm gave the job
-    assert sweep.worker_envs(1, 4) == [{"OMP_NUM_THREADS": "8", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}]
+    monkeypatch.setattr(processes, "visible_gpus", lambda: ["0", "1", "2", "3"])  # what Slurm gave the job
+    assert processes.worker_envs(1, 4) == [{"OMP_NUM_THREADS": "8", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}]
     s = grid.load_sweep(tmp_path / "s.yaml", tmp_path / "out")
-    cmd = sweep.command(s, s.runs[0], 4)
+    cmd = processes.Subprocess(s, 4).command(s.runs[0])
     assert cmd[1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
-                        f"--shutdown-timeout={sweep.TORCHRUN_SHUTDOWN_S}", str(ROOT / "train.py")]
+                        f"--shutdown-timeout={processes.TORCHRUN_SHUTDOWN_S}", str(ROOT / "train.py")]
 
     _, (params, jobs) = jobs_of(tmp_path, ["--backend", "slurm", "--gpus-per-run", "2", "--cpus-per-gpu", "6"],
                                 overrides=big)
@@ -105,10 +104,10 @@ def test_slurm_jobs_get_cpus_per_gpu_and_each_rank_a_share(tmp_path, monkeypatch
 
 def test_local_submitit_jobs_get_their_own_gpus_or_are_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
-    monkeypatch.setattr(sweep, "visible_gpus", lambda: [])
+    monkeypatch.setattr(processes, "visible_gpus", lambda: [])
     _, (params, jobs) = jobs_of(tmp_path, ["--backend", "local-submitit"])
     assert [job.env for job in jobs] == [{"OMP_NUM_THREADS": "4"}] * 2  # every job starts at once: a share each
-    monkeypatch.setattr(sweep, "visible_gpus", lambda: ["4", "5", "6", "7"])
+    monkeypatch.setattr(processes, "visible_gpus", lambda: ["4", "5", "6", "7"])
     _, (params, jobs) = jobs_of(tmp_path, ["--backend", "local-submitit", "--gpus-per-run", "2"],
                                 overrides={**TINY_SWEEP, "train.batch_size": 8})
     assert [job.env.get("CUDA_VISIBLE_DEVICES") for job in jobs] == ["4,5", "6,7"]
@@ -123,44 +122,6 @@ def test_local_submitit_jobs_get_their_own_gpus_or_are_refused(tmp_path, monkeyp
     assert sweep.main([*argv, "--dry-run"]) == 2
     assert sweep.main([*argv, "--only", "log2_lr=-7", "--dry-run"]) == 0
     assert "local jobs: 1 x (GPUs 4,5, 8 CPUs, OMP_NUM_THREADS=4 per rank)" in capsys.readouterr().out
-
-
-def test_local_workers_run_on_distinct_gpus_with_a_share_of_the_threads(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "16")
-    monkeypatch.setattr(sweep, "visible_gpus", lambda: ["0", "1", "2", "3"])
-    running, seen = [], []
-
-    def fake(cmd, run, env, children):  # a run that takes a while: runs of different workers overlap
-        assert env["CUDA_VISIBLE_DEVICES"] not in running, f"two runs at once on GPUs {env['CUDA_VISIBLE_DEVICES']}"
-        running.append(env["CUDA_VISIBLE_DEVICES"])
-        seen.append(dict(env))
-        time.sleep(0.05)
-        running.remove(env["CUDA_VISIBLE_DEVICES"])
-        return "done"
-
-    monkeypatch.setattr(sweep, "launch", fake)
-    path = write_sweep(tmp_path / "s.yaml", {"log2_lr": [-9, -8, -7, -6, -5, -4]}, {**TINY_SWEEP, "train.batch_size": 8})
-    assert sweep.main([str(path), "--out", str(tmp_path / "a")]) == 0  # one worker per GPU
-    assert {e["CUDA_VISIBLE_DEVICES"] for e in seen} == {"0", "1", "2", "3"}
-    assert {e["OMP_NUM_THREADS"] for e in seen} == {"4"}
-    seen.clear()
-    assert sweep.main([str(path), "--out", str(tmp_path / "b"), "--gpus-per-run", "2"]) == 0  # 2 workers x 2 ranks
-    assert {e["CUDA_VISIBLE_DEVICES"] for e in seen} == {"0,1", "2,3"}
-    assert {e["OMP_NUM_THREADS"] for e in seen} == {"4"}
-
-
-def test_torchrun_is_started_with_sigusr2_ignored_and_its_ranks_inherit_it(tmp_path):
-    """Slurm signals every process of a job: torchrun would die of SIGUSR2 (it neither handles nor forwards
-    it); ignored, it stays up while its ranks (train.py handles SIGUSR2 itself) checkpoint."""
-    script = tmp_path / "rank.py"
-    script.write_text("import signal, sys\nprint(signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN)\n")
-    out = tmp_path / "out.txt"
-    children = sweep.Children()
-    with open(out, "w") as f:
-        cmd = [sys.executable, "-m", sweep.TORCHRUN, "--standalone", "--nproc_per_node=1", str(script)]
-        assert children.run(cmd, stdout=f, stderr=subprocess.STDOUT) == 0, out.read_text()
-    assert out.read_text().splitlines()[-1] == "True", out.read_text()
-    assert signal.getsignal(signal.SIGUSR2) != signal.SIG_IGN  # this process is left as it was
 
 
 def submitit_tasks(folder: Path) -> list[int]:

@@ -1,6 +1,6 @@
-"""scripts/sweep.py and scripts/reproduce.sh: validation before anything runs, clean one-line errors,
-resuming, failures and divergence recorded per run, stopping on SIGTERM, worker environments, the
-submitit path, the shipped sweep files and their dry runs."""
+"""scripts/sweep.py (over experiments/launch.py) and scripts/reproduce.sh: validation before anything runs, clean
+one-line errors, resuming, failures and divergence recorded per run, stopping on SIGTERM, the submitit path, the
+shipped sweep files and their dry runs."""
 
 import fcntl
 import hashlib
@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from config import ConfigError, to_dict
-from experiments import cost, grid
+from experiments import cost, grid, launch, processes
 from tests.conftest import ROOT, TINY_RUN
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -47,13 +47,13 @@ def launches(monkeypatch):
     """Replace the training process by one that records its run as done, and count the launches."""
     names = []
 
-    def fake(cmd, run, env, children):
+    def fake(run, env, children, execute):
         names.append(run.name)
         run.dir.mkdir(parents=True, exist_ok=True)
         (run.dir / "run.json").write_text(json.dumps({"status": "done", "final_val_loss": 1.0}))
         return "done"
 
-    monkeypatch.setattr(sweep, "launch", fake)
+    monkeypatch.setattr(processes, "launch", fake)
     return names
 
 
@@ -133,18 +133,18 @@ def test_rerun_launches_only_unfinished_runs(tmp_path, launches):
 
 def test_a_run_another_process_is_running_is_left_alone(tmp_path, monkeypatch, capsys):
     """A sweep started again while its first launch still runs a run (e.g. a Slurm job) must not race it."""
-    def command(sweep_, run, gpus_per_run):  # a training process that finishes at once
+    def command(self, run):  # a training process that finishes at once
         record = run.dir / "run.json"
         script = f"import json, pathlib; pathlib.Path({str(record)!r}).write_text(json.dumps({{'status': 'done'}}))"
         return [sys.executable, "-c", script]
 
-    monkeypatch.setattr(sweep, "command", command)
+    monkeypatch.setattr(processes.Subprocess, "command", command)
     path = write_sweep(tmp_path / "s.yaml", {"model.n_embd": [32, 64]}, {"model.head_dim": 32})
     out, args = tmp_path / "out", [str(path), "--out", str(tmp_path / "out")]
     held = out / "n_embd=32"
     held.mkdir(parents=True)
     (held / "run.json").write_text(json.dumps({"status": "running", "step": 5}))
-    with open(held / sweep.LOCK, "w") as lock:
+    with open(held / processes.LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # as the process running that run holds it
         assert sweep.main(args) == 0
         assert "failed 0, interrupted 0, running elsewhere 1" in capsys.readouterr().out
@@ -172,7 +172,8 @@ def test_failure_and_divergence_are_recorded_and_the_rest_run(tmp_path, tiny_cor
     assert (runs[0].dir / "ckpt.pt").exists() and "step 8" in (runs[0].dir / "stdout.log").read_text()
 
     relaunched = []
-    monkeypatch.setattr(sweep, "launch", lambda cmd, run, env, children: relaunched.append(cmd) or "failed")
+    monkeypatch.setattr(processes, "launch",
+                        lambda run, env, children, execute: relaunched.append(execute.command(run)) or "failed")
     sweep.main([str(path), "--out", str(out)])
     (cmd,) = relaunched  # only the failed run goes again, resuming from its checkpoint if it has one
     assert cmd[1:3] == [str(ROOT / "train.py"), str(ROOT / "configs" / "default.yaml")]
@@ -240,22 +241,12 @@ def test_sigterm_stops_the_running_runs_at_a_checkpoint_and_a_rerun_resumes_them
 
 
 def test_submitit_backend_runs_a_two_run_sweep(tmp_path, tiny_corpus, monkeypatch):
-    monkeypatch.setattr(sweep, "visible_gpus", lambda: [])  # CPU runs, both at once, on any machine
+    monkeypatch.setattr(processes, "visible_gpus", lambda: [])  # CPU runs, both at once, on any machine
     path = write_sweep(tmp_path / "s.yaml", {"log2_lr": [-7, -6]}, {**TINY_SWEEP, "data.dataset": str(tiny_corpus)})
     out = tmp_path / "out"
     assert sweep.main([str(path), "--out", str(out), "--backend", "local-submitit", "--time-min", "5"]) == 0
     assert [status(out / name)["status"] for name in ("log2_lr=-7", "log2_lr=-6")] == ["done", "done"]
     assert list((out / "submitit").glob("*_log.out"))
-
-
-def test_workers_get_their_own_gpus_or_a_share_of_the_threads(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "8")
-    monkeypatch.setattr(sweep, "visible_gpus", lambda: [])
-    assert sweep.worker_envs(3, 1) == [{"OMP_NUM_THREADS": "2"}] * 3
-    monkeypatch.setattr(sweep, "visible_gpus", lambda: ["4", "5", "6", "7"])
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in sweep.worker_envs(2, 2)] == ["4,5", "6,7"]
-    with pytest.raises(ConfigError, match="visible GPUs"):
-        sweep.worker_envs(3, 2)
 
 
 def test_shipped_sweeps_are_valid_and_dry_run_prints_gpu_hours(tmp_path, capsys):
@@ -370,7 +361,7 @@ def test_dry_run_marks_exactly_the_runs_over_an_80gb_gpu(tmp_path, capsys):
     assert max(gib for name, gib in estimates.items() if name != big.name) < 0.5 * cost.CARD_GIB
     for run in gpu:
         line = per_run[run.name]
-        assert line.endswith(f"GPU-h  {sweep.OVER}") == (run.name in over), line
+        assert line.endswith(f"GPU-h  {launch.OVER}") == (run.name in over), line
         assert f"  {estimates[run.name]:.3g} GiB/GPU  " in line
     assert "  - GiB/GPU  " in per_run[cpu.name] and per_run[cpu.name].endswith(" GPU-h")
     assert ("1 runs over an 80 GB GPU (estimated peak above 71 GiB per GPU on 1 GPU): use"

@@ -13,7 +13,7 @@ import torch
 import train
 from config import load_config
 from mup.scaling import build_model
-from trainer.records import RECORD_FIELDS
+from trainer.run_record import RECORD_FIELDS
 from tests.conftest import TINY_RUN, losses, overrides, run_inprocess
 
 

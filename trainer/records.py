@@ -1,49 +1,14 @@
-"""What a run leaves behind for people and tools: run.json (its status and final numbers; sweeps and plots
-read it), metrics.jsonl (one record per log step), the console, and optionally wandb."""
+"""What a run says while it trains: metrics.jsonl (one record per log step), the console, and optionally wandb.
+Its final record, run.json, is trainer/run_record.py's."""
 
 import hashlib
 import json
 from pathlib import Path
 
-from atomic import write_json, write_text
+from atomic import write_text
 from config import Config, to_dict
 
-RUN_JSON, METRICS = "run.json", "metrics.jsonl"
-RECORD_FIELDS = ("step", "final_train_loss", "final_val_loss", "tokens", "wall_s")
-# done | diverged: finished, a sweep keeps it; running | interrupted | failed: resumable from `step`.
-STATUSES = ("done", "diverged", "running", "interrupted", "failed")
-
-
-def run_record(cfg: Config, status: str, **fields) -> dict:
-    """A run.json record: every contract field (null until known), any extra ones, the resolved config."""
-    assert status in STATUSES, status
-    return {"status": status, **dict.fromkeys(RECORD_FIELDS), **fields, "config": to_dict(cfg)}
-
-
-def read_record(out_dir) -> dict:
-    """The run.json of `out_dir`, or {} if there is none (or a torn one)."""
-    try:
-        return json.loads((Path(out_dir) / RUN_JSON).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def write_record(cfg: Config, status: str, **fields) -> dict:
-    record = run_record(cfg, status, **fields)
-    write_json(Path(cfg.train.out_dir) / RUN_JSON, record)
-    return record
-
-
-def record_stop(cfg: Config, status: str, **extra) -> dict:
-    """Make run.json say `status` (failed, interrupted), keeping how far the run got: the step a resume
-    continues from, as the last checkpoint recorded it."""
-    previous = read_record(cfg.train.out_dir)
-    progress = {k: previous.get(k) for k in ("step", "tokens", "wall_s")}
-    return write_record(cfg, status, **progress, **extra)
-
-
-def record_failure(cfg: Config, error: str) -> dict:
-    return record_stop(cfg, "failed", error=error)
+METRICS = "metrics.jsonl"
 
 
 def read_metrics(path: Path) -> list[dict]:

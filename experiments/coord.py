@@ -6,7 +6,8 @@ climbs or falls with width or depth (Fig. 1a,b of the paper, which plots the las
 
 Step t = 1..steps is the forward of the t-th training step, i.e. the model after t - 1 updates. One extra
 forward (no backward, a third of a step) on the next batch adds step steps + 1, the model after the last
-update: the state the verdict reads, and the only one that has seen every update.
+update: the state the verdict reads, and the only one that has seen every update. The runs take training
+steps (trainer.step), so the check lives with the experiment code; mup/ only holds the rules it checks.
 """
 
 import csv
