@@ -118,9 +118,11 @@ class OptimConfig:
     ns_steps: int = key(5, "Newton-Schulz iterations of Muon and SSO", POSITIVE)
     ns_dtype: Literal["auto", "float32", "bfloat16"] = key(
         "auto", "Newton-Schulz precision; auto: bf16 on CUDA, fp32 on CPU (SSO: fp32 everywhere, as its paper)")
+    # false keeps its meaning of before CUDA batched by default (the per-matrix path on CPU), so the records of
+    # finished runs still compare equal: GPU runs then differ from batched ones by float rounding only
     ns_batched: bool = key(False, "Muon: one Newton-Schulz iteration per stack of same-shape matrices (q, k, v, o"
-                                  " of every block...): ~15 kernels per shape instead of ~23 per matrix; equal to the"
-                                  " per-matrix path up to float rounding")
+                                  " of every block...) on CPU too; on CUDA always (per-matrix calls bound a deep"
+                                  " model there); equal to the per-matrix path up to float rounding")
     precondition_interval: int | None = key(
         None, f"own: steps between refreshes of Shampoo's inverse roots or SOAP's eigenbases; {OWN}", POSITIVE)
     max_precondition_dim: int | None = key(

@@ -6,10 +6,13 @@ eps, optimizer). Which update rules an optim.name combines, and their own defaul
 from collections import defaultdict
 
 import torch
+import torch.distributed as dist
 
+from optim import registry
 from optim.muon import Muon
 from optim.shampoo import Shampoo
 from optim.sophia import SophiaG, sampled_label_backward
+from optim.split import Split
 from optim.sso import SSO
 
 
@@ -85,11 +88,12 @@ def builders(o, device: torch.device) -> dict:
     """{update rule: a function of its param groups returning its torch optimizer}, for the resolved optim section
     `o` (a run config's cfg.optim, every optimizer-specific key filled in by its optimizer's own defaults)."""
     betas = tuple(o.betas) if o.betas is not None else None
+    batched = o.ns_batched or device.type == "cuda"  # 164 kernel launches a step instead of 41,986 at L=256 (muon.py)
     return {
         "muon_kimi": lambda g: Muon(g, adjust_lr_fn="match_rms_adamw", momentum=o.momentum, nesterov=o.nesterov,
-                                    ns_steps=o.ns_steps, ns_dtype=ns_dtype(o, device), ns_batched=o.ns_batched),
+                                    ns_steps=o.ns_steps, ns_dtype=ns_dtype(o, device), ns_batched=batched),
         "muon": lambda g: Muon(g, adjust_lr_fn="original", momentum=o.momentum, nesterov=o.nesterov,
-                               ns_steps=o.ns_steps, ns_dtype=ns_dtype(o, device), ns_batched=o.ns_batched),
+                               ns_steps=o.ns_steps, ns_dtype=ns_dtype(o, device), ns_batched=batched),
         "shampoo": lambda g: Shampoo(g, precondition_interval=o.precondition_interval),
         "soap": lambda g: pytorch_optimizer().SOAP(g, betas=betas, precondition_frequency=o.precondition_interval,
                                                    max_precondition_dim=o.max_precondition_dim),
@@ -104,9 +108,11 @@ def builders(o, device: torch.device) -> dict:
     }
 
 
-def build_optimizer(cfg, model: torch.nn.Module, table: list) -> Hybrid:
+def build_optimizer(cfg, model: torch.nn.Module, table: list, split: bool = True) -> Hybrid:
     """The Hybrid of a run config `cfg` over `model`'s parameters, one param group per distinct (rule, lr, weight
-    decay, eps) of the scaling table `table`."""
+    decay, eps) of the scaling table `table`. Under torch.distributed with several ranks the hidden matrices'
+    optimizer (Muon, Shampoo, SOAP, SSO: the hybrids' own rule) steps each matrix on one rank only (optim/split.py);
+    `split=False` repeats it on every rank instead. The element-wise rules stay on every rank: O(params) work."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     claimed = [rec.name for rec in table]
     unclaimed = sorted(set(params) - set(claimed))
@@ -126,4 +132,9 @@ def build_optimizer(cfg, model: torch.nn.Module, table: list) -> Hybrid:
             group["eps"] = eps
         by_rule[rule].append(group)
     make = builders(cfg.optim, next(model.parameters()).device)
-    return Hybrid({rule: make[rule](g) for rule, g in sorted(by_rule.items())})
+    optimizers = {rule: make[rule](g) for rule, g in sorted(by_rule.items())}
+    hidden, other = registry.rules_of(cfg.optim.name)
+    if split and hidden != other and dist.is_initialized() and dist.get_world_size() > 1:
+        flops = registry.RULES[hidden].step_flops
+        optimizers[hidden] = Split(optimizers[hidden], lambda shape: flops(shape, cfg.optim))
+    return Hybrid(optimizers)

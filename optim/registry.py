@@ -99,6 +99,11 @@ def eigh_flops(n: int) -> float:
     return 9 * n**3
 
 
+# Elements per stack of Muon's batched Newton-Schulz (optim/muon.py; an n x n stack at n=4096 holds 4 matrices, at
+# n=256 1,024): bounds the batched iteration's extra memory, a few copies of the stack.
+MAX_STACK_ELEMENTS = 2**26
+
+
 def newton_schulz_workspace(shape, o) -> int:
     """The iteration's copies in float32 (the larger dtype): the matrix and its next iterate, X X^T, its square and
     their combination."""

@@ -129,9 +129,9 @@ def test_batched_muon_step_is_the_per_matrix_step(monkeypatch, nesterov):
 def test_batched_muon_stacks_are_bounded(monkeypatch):
     import torch
 
-    from optim import muon
+    from optim import registry
 
-    monkeypatch.setattr(muon, "MAX_STACK_ELEMENTS", 3 * 64 * 64)
+    monkeypatch.setattr(registry, "MAX_STACK_ELEMENTS", 3 * 64 * 64)
     shapes = hidden_shapes(L=2)
     per_matrix, batched = muon_run(shapes, ns_dtype=torch.float32), muon_run(shapes, ns_dtype=torch.float32,
                                                                               ns_batched=True)
