@@ -129,6 +129,9 @@ class OptimConfig:
         None, f"own: SOAP leaves a side longer than this unpreconditioned; {OWN}", POSITIVE)
     hessian_interval: int | None = key(
         None, f"own: Sophia's steps between Gauss-Newton-Bartlett Hessian estimates (k); {OWN}", POSITIVE)
+    hessian_batch_size: int | None = key(
+        None, f"own: sequences of Sophia's Hessian estimate, the first of the step's batch (all of it if smaller),"
+              f" split across ranks; {OWN}", POSITIVE)
     sophia_rho: float | None = key(
         None, f"own: Sophia's scale rho of the Hessian in the denominator max(rho h, eps); {OWN}", POSITIVE)
     sophia_clip: float | None = key(

@@ -2,7 +2,7 @@
 
 The paper's base run (configs/owt_base.yaml: n=256, L=4, seq 1024) and a GPT-2-124M-shaped run
 (configs/owt_gpt2_124m.yaml: n=768, L=12, seq 1024), each at its config's micro-batch, with train.py's
-numerics (trainer.runtime.Runtime: bf16 autocast, TF32; Newton-Schulz in bf16): eager vs torch.compile,
+numerics (trainer.runtime.Runtime: bf16 autocast; Newton-Schulz in bf16): eager vs torch.compile,
 Muon-Kimi hybrid vs AdamW-only, and two memory/launch options on the compiled Muon-Kimi run (activation
 checkpointing; Newton-Schulz batched over same-shape matrices). MFU = tokens/s x perf.train_flops_per_token
 / perf.peak_flops (dense bf16 datasheet peak of the device's form factor). Peak memory:

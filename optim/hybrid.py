@@ -40,17 +40,22 @@ class Hybrid:
         optim.hessian_interval-th step; never for the other optimizers."""
         return any(isinstance(opt, SophiaG) and opt.hessian_due(step) for opt in self.optimizers.values())
 
-    def update_curvature(self, model: torch.nn.Module, x: torch.Tensor, autocast, seed: int) -> None:
-        """Sophia's Gauss-Newton-Bartlett estimate on inputs x (model may be DDP-wrapped; model(x) returns
-        (logits, None)): a backward against labels sampled with `seed`, the Hessian EMA updated from its
-        gradients, the gradients zeroed. Called after step() and zero_grad() of the step."""
+    def update_curvature(self, model: torch.nn.Module, micro_batches: list, autocast, tokens: int,
+                         set_to_none: bool = True) -> None:
+        """Sophia's Gauss-Newton-Bartlett estimate over an estimation batch of `tokens` tokens, of which this rank
+        holds `micro_batches`, (x, label seeds of its sequences, dropout seed) each: a sampled-label backward of
+        each through `model` (the bare GPT), the gradients summed over ranks, the Hessian EMA updated from them,
+        the gradients zeroed (`set_to_none` as the loop's zero_grad). Called after step() and zero_grad()."""
         sophias = [opt for opt in self.optimizers.values() if isinstance(opt, SophiaG)]
         if not sophias:
             return
-        tokens = sampled_label_backward(model, x, autocast, seed)
+        for x, label_seeds, dropout_seed in micro_batches:
+            sampled_label_backward(model, x, autocast, label_seeds, dropout_seed, weight=x.numel() / tokens)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            all_reduce_grads([p for g in self.param_groups for p in g["params"]])
         for opt in sophias:
             opt.update_hessian(tokens)
-        model.zero_grad(set_to_none=True)
+        self.zero_grad(set_to_none=set_to_none)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers.values():
@@ -64,6 +69,28 @@ class Hybrid:
             raise ValueError(f"optimizer state holds {sorted(state)}, expected {sorted(self.optimizers)}")
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state[name])
+
+
+# Elements per flat buffer of all_reduce_grads: 256 MiB of float32, a bounded transient for a few collectives.
+REDUCE_BUCKET = 2**26
+
+
+@torch.no_grad()
+def all_reduce_grads(params: list) -> None:
+    """Sum the gradients of `params` over ranks, in flat buffers of at most REDUCE_BUCKET elements (a rank without
+    a gradient for a tensor contributes zeros)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads, bucket, size = [p.grad for p in params], [], 0
+    for i, g in enumerate(grads):
+        bucket.append(g)
+        size += g.numel()
+        if size >= REDUCE_BUCKET or i == len(grads) - 1:
+            flat = torch.cat([b.reshape(-1) for b in bucket])
+            dist.all_reduce(flat)
+            torch._foreach_copy_(bucket, [f.view_as(b) for f, b in zip(flat.split([b.numel() for b in bucket]), bucket)])
+            bucket, size = [], 0
 
 
 def ns_dtype(o, device: torch.device) -> torch.dtype:

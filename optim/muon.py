@@ -113,7 +113,9 @@ class Muon(torch.optim.Muon):
         if len(part) == 1:
             updates = [newton_schulz(updates[0], coefficients, steps, eps, self.ns_dtype)]
         else:
-            updates = newton_schulz_batched(torch.stack(updates), coefficients, steps, eps, self.ns_dtype).unbind(0)
+            stack = torch.stack(updates)
+            del updates  # the Nesterov updates are freed before the iteration's copies are made
+            updates = newton_schulz_batched(stack, coefficients, steps, eps, self.ns_dtype).unbind(0)
         update_of = dict(zip(map(id, params), updates))
         for g, members in by_group(part):
             ps = [p for p, _ in members]

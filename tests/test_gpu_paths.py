@@ -71,6 +71,20 @@ def test_flops_per_token_is_model_flops():
     assert counts[0] == counts[1] == matmuls + attention
 
 
+def test_flops_are_counted_without_a_copy_of_the_model():
+    """On the meta device from the model's config: nothing of the live model's size is allocated (a copy was)."""
+    import perf
+    from bench.memory import peak_bytes
+    from model import GPT
+    from tests.conftest import tiny
+
+    model = GPT(tiny(**{"model.n_embd": 256, "model.head_dim": 64}).model)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    counted = []
+    assert peak_bytes(lambda: counted.append(perf.train_flops_per_token(model))) < size / 100
+    assert counted[0] > 6 * size / 4  # and it counted the model: 6 FLOPs per parameter and token, and more
+
+
 def hidden_shapes(n=64, L=3):
     """A model's Muon matrices, in model order: q, k, v, o, fc (tall), proj (wide) of every block, plus an odd
     shape that has no partner (a stack of one)."""

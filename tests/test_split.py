@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from config import load_config
+from experiments import cost
 from mup.scaling import build_model, table_for
 from optim import registry
 from optim.hybrid import build_optimizer
@@ -30,8 +31,8 @@ def test_owners_balance_the_cost_and_take_each_shape_in_turn(world):
     assert owner == assign(list(reversed(matrices)), world)  # a function of the matrices, not of their order
     load = collections.Counter()
     per_shape = collections.defaultdict(collections.Counter)
-    for name, shape, cost in matrices:
-        load[owner[name]] += cost
+    for name, shape, flops in matrices:
+        load[owner[name]] += flops
         per_shape[shape][owner[name]] += 1
     assert max(load.values()) - min(load.values()) <= max(c for _, _, c in matrices)  # greedy's bound
     for shape, counts in per_shape.items():  # every rank batches a stack of every shape
@@ -63,9 +64,25 @@ def fresh(cfg, split):
     return model, build_optimizer(cfg, model, table, split=split)
 
 
-def split_matches_unsplit(rank, world, name, out):
+def split_config(name):
     intervals = {f"optim.{k}": 2 for k in ("precondition_interval",) if registry.reads(name, k)}
-    cfg = tiny(**{"optim.name": name, "optim.weight_decay": 0.1, "optim.ns_batched": True, **intervals})
+    return tiny(**{"optim.name": name, "optim.weight_decay": 0.1, "optim.ns_batched": True, **intervals})
+
+
+def state_bytes(opt) -> int:
+    """Bytes of the tensors in every state of a Hybrid (lists of tensors included)."""
+    def walk(x):
+        if torch.is_tensor(x):
+            return x.numel() * x.element_size() if x.dim() > 0 else 0
+        if isinstance(x, (list, tuple)):
+            return sum(map(walk, x))
+        return sum(map(walk, x.values())) if isinstance(x, dict) else 0
+
+    return sum(walk(dict(o.state)) for o in opt.optimizers.values())
+
+
+def split_matches_unsplit(rank, world, name, out):
+    cfg = split_config(name)
     hidden = registry.rules_of(name)[0]
     model, opt = fresh(cfg, split=False)
     steps(model, opt, cfg, 0, 3)
@@ -82,7 +99,7 @@ def split_matches_unsplit(rank, world, name, out):
     saved = split_opt.state_dict()
     if rank == 0:  # one process's checkpoint: every owner's state, the same indices, bit for bit
         assert_same_state(saved, ref)
-    torch.save({"owned": owned, "state": saved}, out / f"rank{rank}.pt")
+    torch.save({"owned": owned, "state": saved, "bytes": state_bytes(split_opt)}, out / f"rank{rank}.pt")
 
     # the full state loaded on every rank: each keeps its own share and continues as the unsplit optimizer
     resumed_model, resumed = fresh(cfg, split=True)
@@ -122,7 +139,9 @@ def test_split_step_state_and_checkpoint_are_the_unsplit_ones_bitwise(tmp_path, 
     more steps after loading that checkpoint equal the unsplit optimizer's bit for bit; each rank keeps the
     state of its own matrices only, and the two shares are disjoint and cover every matrix."""
     gloo(tmp_path, split_matches_unsplit, 2, name, tmp_path)
-    owned = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["owned"] for r in range(2)]
-    assert not set(owned[0]) & set(owned[1])
-    every = torch.load(tmp_path / "rank0.pt", weights_only=True)["state"][registry.rules_of(name)[0]]["state"]
-    assert set(owned[0]) | set(owned[1]) == set(every)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    owned = [set(r["owned"]) for r in ranks]
+    assert not owned[0] & owned[1]
+    assert owned[0] | owned[1] == set(ranks[0]["state"][registry.rules_of(name)[0]]["state"])
+    # the memory estimate counts the state of the most loaded rank, by the same ownership
+    assert max(r["bytes"] for r in ranks) == cost.optimizer_bytes(split_config(name), world=2, device="cpu")[0]
