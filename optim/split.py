@@ -15,8 +15,9 @@ still batches its own stack of every shape (Muon's batched Newton-Schulz).
 
 Communication: one all_gather_single a step, each rank contributing its share flattened into a buffer padded
 to the largest share. One broadcast per owner would send no padding but cost N collectives, each a
-synchronization; shares balanced by cost hold nearly equal bytes, and the padding is a few percent of the
-matrices (see `padding`; 0% at the paper's n=4096, L=4 on 8 ranks). The gather copies values, so a split step
+synchronization; shares balanced by cost hold nearly equal bytes: the padding (`padding`) is 0% at every
+depth of the shipped sweeps (L = 4 to 256, on 2, 4 or 8 ranks), and up to a third only for a few matrices a rank
+(L = 2, 3 on 8 ranks). The gather copies values, so a split step
 is bit for bit the unsplit one on every rank (tests/test_split.py).
 
 Checkpoints keep one process's format: state_dict() gathers every owner's state onto rank 0 (a collective:

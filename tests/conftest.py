@@ -80,21 +80,3 @@ def losses(out) -> dict:
     return {r["step"]: r["train_loss"] for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines())
             if "train_loss" in r}
 
-
-def _gloo_rank(rank, fn, world, init, args):
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
-    try:
-        fn(rank, world, *args)
-    finally:
-        dist.destroy_process_group()
-
-
-def gloo(tmp_path, fn, world: int, *args) -> None:
-    """fn(rank, world, *args) in `world` spawned processes of one gloo group, one thread each; an exception in
-    any of them fails the caller with its traceback. `fn` must be a module-level function (it is pickled)."""
-    import torch.multiprocessing as mp
-
-    mp.spawn(_gloo_rank, args=(fn, world, str(tmp_path / "gloo_init"), args), nprocs=world)

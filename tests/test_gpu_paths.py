@@ -176,3 +176,17 @@ def test_batched_newton_schulz_matches_per_matrix(dtype):
                 torch.testing.assert_close(out.float(), ref.float(), rtol=0, atol=tol)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_batched_muon_step_makes_as_many_operator_calls_at_any_depth():
+    """What a GPU launches: the batched step's calls are per stack of same-shape matrices (and per param group), so
+    they do not grow with depth; the per-matrix step's grow with the matrices (~26 each)."""
+    from bench.op_count import second_step_calls, setup
+
+    def calls(L, batched):
+        muon = setup("muon_kimi", 32, L, batched, fused=True).optimizers["muon_kimi"]
+        return sum(second_step_calls(muon.step).values())
+
+    per_matrix = calls(16, False)
+    assert per_matrix > 25 * 6 * 16
+    assert calls(4, True) == calls(16, True) < per_matrix / 10

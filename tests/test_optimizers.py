@@ -18,7 +18,8 @@ from optim.hybrid import build_optimizer
 from optim.shampoo import Shampoo
 from optim.sophia import SophiaG
 from optim.sso import NS_COEFFICIENTS, SSO
-from tests.conftest import gloo, tiny, tokens
+from bench.common import gloo
+from tests.conftest import tiny, tokens
 
 NEW = ["shampoo", "soap", "sso", "lion", "sophia"]
 MATRIX = {"shampoo", "soap", "sso"}  # hidden matrices; AdamW for the rest
@@ -471,7 +472,7 @@ def test_curvature_is_split_across_ranks_and_the_same_on_any_number(tmp_path):
     """6 of the batch's 8 sequences: 3 on each of 2 gloo ranks in micro-batches of 2 and 1, against 6 on one
     process in micro-batches of 4 and 2: the same estimate up to float rounding, and the same on both ranks."""
     curvature_on_ranks(0, 1, tmp_path, micro=4)
-    gloo(tmp_path, curvature_on_ranks, 2, tmp_path, 2)
+    gloo(curvature_on_ranks, 2, tmp_path, 2)
     one, a, b = (torch.load(tmp_path / f, weights_only=True) for f in ("h1_0.pt", "h2_0.pt", "h2_1.pt"))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert_close_to_rounding(a, one)

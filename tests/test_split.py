@@ -13,7 +13,8 @@ from mup.scaling import build_model, table_for
 from optim import registry
 from optim.hybrid import build_optimizer
 from optim.split import Split, assign, padding
-from tests.conftest import gloo, tiny, tokens
+from bench.common import gloo
+from tests.conftest import TINY_RUN, losses, overrides, tiny, tokens
 
 MATRIX = ["muon_kimi", "muon", "shampoo", "soap", "sso"]
 
@@ -41,13 +42,13 @@ def test_owners_balance_the_cost_and_take_each_shape_in_turn(world):
 
 def test_paper_shapes_gather_with_little_padding():
     """One all-gather a step, over shares padded to the largest: what the padding costs at the sweeps' extremes."""
-    for overrides in ({"model.n_embd": 4096, "model.n_layer": 4}, {"model.n_embd": 256, "model.n_layer": 256},
-                      {"model.n_embd": 128, "model.n_layer": 4}):
-        cfg = load_config(None, overrides)
+    for shape in ({"model.n_embd": 4096, "model.n_layer": 4}, {"model.n_embd": 256, "model.n_layer": 256},
+                  {"model.n_embd": 128, "model.n_layer": 4}):
+        cfg = load_config(None, shape)
         matrices = hidden_matrices(cfg)
         owner = assign(matrices, 8)
         shares = [[sum(s[0] * s[1] for n, s, _ in matrices if owner[n] == r)] for r in range(8)]
-        assert padding(shares) < 0.1, overrides
+        assert padding(shares) < 0.1, shape
 
 
 def steps(model, opt, cfg, start, count):
@@ -138,10 +139,55 @@ def test_split_step_state_and_checkpoint_are_the_unsplit_ones_bitwise(tmp_path, 
     """2 gloo processes: the split optimizer's weights after 3 steps, its checkpoint (gathered on rank 0) and 2
     more steps after loading that checkpoint equal the unsplit optimizer's bit for bit; each rank keeps the
     state of its own matrices only, and the two shares are disjoint and cover every matrix."""
-    gloo(tmp_path, split_matches_unsplit, 2, name, tmp_path)
+    gloo(split_matches_unsplit, 2, name, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     owned = [set(r["owned"]) for r in ranks]
     assert not owned[0] & owned[1]
     assert owned[0] | owned[1] == set(ranks[0]["state"][registry.rules_of(name)[0]]["state"])
     # the memory estimate counts the state of the most loaded rank, by the same ownership
     assert max(r["bytes"] for r in ranks) == cost.optimizer_bytes(split_config(name), world=2, device="cpu")[0]
+
+
+def train_py(out, world, run, env, **extra):
+    """train.py on `world` processes (torchrun, gloo) with `run` and `extra` set."""
+    import subprocess
+    import sys
+
+    launch = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"]
+                                 if world > 1 else [])
+    done = subprocess.run([*launch, "train.py", *overrides({**run, **extra, "train.out_dir": out})], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_checkpoint_of_two_split_ranks_resumes_on_two_bitwise_and_on_one(tmp_path, tiny_corpus):
+    """SOAP (eigenbases refreshed every 2 steps, its state lists of tensors) trained by 2 processes and stopped
+    after step 2: its checkpoint holds one process's optimizer state (every matrix, the same indices and shapes);
+    resumed on 2 processes or on 1 it ends bit for bit as the straight 2-process run. One process is exact here
+    because its two micro-batches' halved gradients add up to DDP's halved sum of two ranks' (halving is exact);
+    with more ranks the all-reduce's order of summation makes them differ by float rounding."""
+    import os
+    import shutil
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = {**TINY_RUN, "data.dataset": tiny_corpus, "train.batch_size": 8, "train.micro_batch_size": 4,
+           "train.max_iters": 4, "train.ckpt_interval": 2, "optim.name": "soap", "optim.precondition_interval": 2}
+    train_py(tmp_path / "straight", 2, run, env)
+    train_py(tmp_path / "one", 1, run, env, **{"train.stop_after": 2})
+    train_py(tmp_path / "two", 2, run, env, **{"train.stop_after": 2})
+    one, two = (torch.load(tmp_path / d / "ckpt.pt", weights_only=True)["optim"] for d in ("one", "two"))
+    for rule in one:
+        assert one[rule]["state"].keys() == two[rule]["state"].keys(), rule
+        for i, s in one[rule]["state"].items():
+            shapes = {k: [t.shape for t in v] if isinstance(v, list) else getattr(v, "shape", v) for k, v in s.items()}
+            assert shapes == {k: [t.shape for t in v] if isinstance(v, list) else getattr(v, "shape", v)
+                              for k, v in two[rule]["state"][i].items()}, (rule, i)
+    shutil.copytree(tmp_path / "two", tmp_path / "two_on_one")
+    train_py(tmp_path / "two", 2, run, env, **{"train.resume": "auto"})
+    train_py(tmp_path / "two_on_one", 1, run, env, **{"train.resume": "auto"})
+    straight, resumed, on_one = (torch.load(tmp_path / d / "ckpt.pt", weights_only=True)["model"]
+                                 for d in ("straight", "two", "two_on_one"))
+    assert losses(tmp_path / "two") == losses(tmp_path / "straight")
+    assert losses(tmp_path / "two_on_one") == losses(tmp_path / "straight")
+    for k in straight:
+        assert torch.equal(resumed[k], straight[k]) and torch.equal(on_one[k], straight[k]), k

@@ -200,9 +200,9 @@ def test_ddp_gradients_stay_bucket_views_on_every_micro_step(tmp_path, tiny_corp
     """No second copy of the gradients: after the first step every micro-step (no_sync ones included) accumulates
     into the same few storages, DDP's buckets; with zero_grad(set_to_none=True) each no_sync micro-step made fresh
     gradients next to the buckets."""
-    from tests.conftest import gloo
+    from bench.common import gloo
 
-    gloo(tmp_path, gradients_under_ddp, 2, tiny_corpus, tmp_path)
+    gloo(gradients_under_ddp, 2, tiny_corpus, tmp_path)
     for rank in range(2):
         storages = torch.load(tmp_path / f"storages{rank}.pt")
         assert all(len(s) == 6 for s in storages.values())  # 3 steps x 2 micro-batches
