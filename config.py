@@ -118,8 +118,8 @@ class OptimConfig:
     ns_steps: int = key(5, "Newton-Schulz iterations of Muon and SSO", POSITIVE)
     ns_dtype: Literal["auto", "float32", "bfloat16"] = key(
         "auto", "Newton-Schulz precision; auto: bf16 on CUDA, fp32 on CPU (SSO: fp32 everywhere, as its paper)")
-    # false keeps its meaning of before CUDA batched by default (the per-matrix path on CPU), so the records of
-    # finished runs still compare equal: GPU runs then differ from batched ones by float rounding only
+    # A bool defaulting to false as before CUDA batched by default, so that finished runs' records still compare
+    # equal (the per-matrix path on CPU, as then); on CUDA today's runs differ from theirs by float rounding only
     ns_batched: bool = key(False, "Muon: one Newton-Schulz iteration per stack of same-shape matrices (q, k, v, o"
                                   " of every block...) on CPU too; on CUDA always (per-matrix calls bound a deep"
                                   " model there); equal to the per-matrix path up to float rounding")

@@ -2,10 +2,11 @@
 
 `OPTIMIZERS[name]`, for each value of `optim.name`: the update rule of the hidden matrices and the one of every
 other tensor, the optimizer's own defaults (the `optim.*` keys a config leaves null take them), and the row of
-mup/rules.py it scales by. `RULES[rule]`, for each update rule: the bytes of state it keeps and the FLOPs of one
-step for a tensor of a given shape (what experiments/cost.py counts). config.py takes its `optim.name` choices from
-here, mup/scaling.py the rule and row of each tensor, optim/hybrid.py a builder per rule, experiments/cost.py the
-state and FLOPs; tests/test_registry.py checks that they all cover the same names.
+mup/rules.py it scales by. `RULES[rule]`, for each update rule: the bytes of state it keeps, the FLOPs of one
+step and the bytes that step allocates, for a tensor of a given shape (what experiments/cost.py counts).
+config.py takes its `optim.name` choices from here, mup/scaling.py the rule and row of each tensor,
+optim/hybrid.py a builder per rule and the FLOPs optim/split.py balances ranks by, experiments/cost.py the
+state, FLOPs and workspace; tests/test_registry.py checks that they all cover the same names.
 
 This module imports nothing from the project (config.py reads it), nor torch (experiments/results.py, which
 reads configs, runs without it).

@@ -14,6 +14,7 @@ CURVATURE = 2**32 - 1  # the "micro-batch index" of the curvature pass's seeds: 
 
 
 def seed_of(*keys: int) -> int:
+    """A 64-bit seed that is a function of `keys` alone."""
     return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0])
 
 
