@@ -118,15 +118,20 @@ class OptimConfig:
     ns_steps: int = key(5, "Newton-Schulz iterations of Muon and SSO", POSITIVE)
     ns_dtype: Literal["auto", "float32", "bfloat16"] = key(
         "auto", "Newton-Schulz precision; auto: bf16 on CUDA, fp32 on CPU (SSO: fp32 everywhere, as its paper)")
+    # A bool defaulting to false as before CUDA batched by default, so that finished runs' records still compare
+    # equal (the per-matrix path on CPU, as then); on CUDA today's runs differ from theirs by float rounding only
     ns_batched: bool = key(False, "Muon: one Newton-Schulz iteration per stack of same-shape matrices (q, k, v, o"
-                                  " of every block...): ~15 kernels per shape instead of ~23 per matrix; equal to the"
-                                  " per-matrix path up to float rounding")
+                                  " of every block...) on CPU too; on CUDA always (per-matrix calls bound a deep"
+                                  " model there); equal to the per-matrix path up to float rounding")
     precondition_interval: int | None = key(
         None, f"own: steps between refreshes of Shampoo's inverse roots or SOAP's eigenbases; {OWN}", POSITIVE)
     max_precondition_dim: int | None = key(
         None, f"own: SOAP leaves a side longer than this unpreconditioned; {OWN}", POSITIVE)
     hessian_interval: int | None = key(
         None, f"own: Sophia's steps between Gauss-Newton-Bartlett Hessian estimates (k); {OWN}", POSITIVE)
+    hessian_batch_size: int | None = key(
+        None, f"own: sequences of Sophia's Hessian estimate, the first of the step's batch (all of it if smaller),"
+              f" split across ranks; {OWN}", POSITIVE)
     sophia_rho: float | None = key(
         None, f"own: Sophia's scale rho of the Hessian in the denominator max(rho h, eps); {OWN}", POSITIVE)
     sophia_clip: float | None = key(

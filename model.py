@@ -137,14 +137,18 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.embed.wte.weight
 
-    def forward(self, idx, targets=None):
-        """(logits, None) without targets; with them (None, mean cross-entropy), the logits never whole."""
+    def features(self, idx):
+        """The final norm's output, what the head turns into logits."""
         if idx.shape[1] > self.cfg.block_size:
             raise ValueError(f"sequence length {idx.shape[1]} exceeds model.block_size={self.cfg.block_size}")
         h = self.embed(idx)
         for block in self.blocks:
             h = block(h)
-        x = self.ln_f(h)
+        return self.ln_f(h)
+
+    def forward(self, idx, targets=None):
+        """(logits, None) without targets; with them (None, mean cross-entropy), the logits never whole."""
+        x = self.features(idx)
         if targets is not None:
             return None, self.head.loss(x, targets)
         return self.head(x), None

@@ -1,7 +1,5 @@
 """Model FLOPs, counted by torch rather than by formula, and the peak a device can deliver (for MFU)."""
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -45,8 +43,11 @@ def train_flops_per_token(model: torch.nn.Module) -> float:
     meta device: no memory, no time, and no formula to keep in sync with model.py. Model FLOPs: the loss is
     taken from the full logits (the chunked loss does the same matmuls inside one opaque op, which the
     counter would not see), and the model runs in eval mode, so activation checkpointing's recomputation is
-    not counted (MFU, not hardware FLOPs utilization); dropout adds no FLOPs the counter sees."""
-    meta = copy.deepcopy(model).to("meta").eval()
+    not counted (MFU, not hardware FLOPs utilization); dropout adds no FLOPs the counter sees. The model is
+    rebuilt from its config on the meta device: a copy of the live one was a transient of its size on its device
+    (4 GiB at n=4096)."""
+    with torch.device("meta"):
+        meta = type(model)(model.cfg).eval()
     idx = torch.zeros(1, model.cfg.block_size, dtype=torch.long, device="meta")
     with FlopCounterMode(display=False) as counter:
         logits, _ = meta(idx)

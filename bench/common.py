@@ -70,12 +70,13 @@ def train_step(loss_fn, opt):
     return step
 
 
-def our_step(overrides: dict, batch: int, device="cpu", autocast=None, compile=False, config=None, ns_batched=False):
+def our_step(overrides: dict, batch: int, device="cpu", autocast=None, compile=False, config=None,
+             ns_batched: bool | None = None):
     """This repo's model and a closure taking one training step of it on a fixed random batch (`ns_batched`:
-    Muon's Newton-Schulz batched over same-shape matrices, optim.muon.Muon's opt-in)."""
+    Muon's Newton-Schulz batched over same-shape matrices or not; None: as the hybrid builds it, batched on CUDA)."""
     model, opt = build(overrides, device, config=config)
     for inner in getattr(opt, "optimizers", {}).values():
-        if hasattr(inner, "ns_batched"):
+        if hasattr(inner, "ns_batched") and ns_batched is not None:
             inner.ns_batched = ns_batched
     x, y = random_batch(model.cfg.vocab_size, batch, model.cfg.block_size, device)
     forward = compile_blocks(model) if compile else model  # as train.py compiles
@@ -140,6 +141,28 @@ def peak_rss_mib(fn, *args) -> float:
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
         return pool.submit(_rss_growth_mib, fn, args, torch.get_num_threads()).result()
+
+
+def _gloo_rank(rank, fn, world, init, args):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    try:
+        fn(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def gloo(fn, world: int, *args) -> None:
+    """fn(rank, world, *args) in `world` spawned processes of one gloo group, one thread each; an exception in
+    any of them is raised here with its traceback. `fn` must be a module-level function (it is pickled)."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_gloo_rank, args=(fn, world, str(Path(tmp) / "init"), args), nprocs=world)
 
 
 def add_timing_args(parser: argparse.ArgumentParser, rounds: int, reps: int, warmup: int) -> None:

@@ -2,12 +2,12 @@
 
 The paper's base run (configs/owt_base.yaml: n=256, L=4, seq 1024) and a GPT-2-124M-shaped run
 (configs/owt_gpt2_124m.yaml: n=768, L=12, seq 1024), each at its config's micro-batch, with train.py's
-numerics (trainer.runtime.Runtime: bf16 autocast, TF32; Newton-Schulz in bf16): eager vs torch.compile,
+numerics (trainer.runtime.Runtime: bf16 autocast; Newton-Schulz in bf16): eager vs torch.compile,
 Muon-Kimi hybrid vs AdamW-only, and two memory/launch options on the compiled Muon-Kimi run (activation
-checkpointing; Newton-Schulz batched over same-shape matrices). MFU = tokens/s x perf.train_flops_per_token
-/ perf.peak_flops (dense bf16 datasheet peak of the device's form factor). Peak memory:
-torch.cuda.max_memory_allocated over each candidate's build and warm-up (compilation included), less what
-was allocated before it.
+checkpointing; Newton-Schulz per matrix instead of batched over same-shape matrices, the CUDA default). MFU =
+tokens/s x perf.train_flops_per_token / perf.peak_flops (dense bf16 datasheet peak of the device's form
+factor). Peak memory: torch.cuda.max_memory_allocated over each candidate's build and warm-up (compilation
+included), less what was allocated before it.
 
 Each model is measured in a fresh process of its own, as train.py runs one: the model is built as train.py
 builds it (mup.scaling.build_model, optim.hybrid.build_optimizer, torch.compile of the module) and sees one
@@ -37,15 +37,15 @@ from mup.scaling import multipliers
 from trainer.runtime import Runtime
 
 MODELS = {"base n=256 L=4": "configs/owt_base.yaml", "GPT-2 124M n=768 L=12": "configs/owt_gpt2_124m.yaml"}
-# name: (torch.compile, config overrides, Newton-Schulz batched over same-shape matrices); the first word of a
-# name and "AdamW" name the row a variant's Muon/AdamW ratio is taken against
-VARIANTS = {"eager AdamW": (False, {"optim.name": "adamw"}, False),
-            "eager Muon-Kimi": (False, {"optim.name": "muon_kimi"}, False),
-            "compiled AdamW": (True, {"optim.name": "adamw"}, False),
-            "compiled Muon-Kimi": (True, {"optim.name": "muon_kimi"}, False),
-            "compiled Muon-Kimi batched NS": (True, {"optim.name": "muon_kimi"}, True),
+# name: (torch.compile, config overrides, Newton-Schulz batched over same-shape matrices, None: as built, batched on
+# CUDA); the first word of a name and "AdamW" name the row a variant's Muon/AdamW ratio is taken against
+VARIANTS = {"eager AdamW": (False, {"optim.name": "adamw"}, None),
+            "eager Muon-Kimi": (False, {"optim.name": "muon_kimi"}, None),
+            "compiled AdamW": (True, {"optim.name": "adamw"}, None),
+            "compiled Muon-Kimi": (True, {"optim.name": "muon_kimi"}, None),
+            "compiled Muon-Kimi per-matrix NS": (True, {"optim.name": "muon_kimi"}, False),
             "compiled Muon-Kimi act. ckpt": (True, {"optim.name": "muon_kimi", "model.activation_checkpointing": True},
-                                             False)}
+                                             None)}
 EXPECTED_MFU, H100 = 0.4, perf.PEAK_BF16["H100"]
 TINY = {"model.n_embd": 64, "model.n_layer": 2, "model.block_size": 64, "model.vocab_size": 512,
         "train.batch_size": 2, "train.micro_batch_size": 2, "train.dtype": "bfloat16"}

@@ -9,20 +9,24 @@ GPU memory of every shipped run that the configs' micro-batches are chosen from.
     logits (a no-op hook on model.head selects them), chunked, and chunked + activation checkpointing.
     (a) and (b) also give the difference in loss, and the largest gradient difference over the largest gradient
     entry, against "full logits".
-(c) Bytes autograd saves per token per block, divided by the width n (bfloat16 autocast, eager, no
-    checkpointing): the per-block activation figure of (d). Weights' bf16 copies are excluded by taking the
-    difference between two batch sizes; a tensor saved by several ops counts once.
+(c) Bytes autograd saves per token per block, divided by the width n (eager, no checkpointing), in bfloat16
+    autocast and in float32: the per-block activation figure of (d) and (e). Weights' bf16 copies are excluded by
+    taking the difference between two batch sizes; a tensor saved by several ops counts once.
 (d) The estimated peak GPU memory of every GPU run of configs/ and configs/sweeps/ at its micro-batch on 8
     ranks: experiments.cost.peak_memory_gib (bf16 eager, chunked loss; torch.compile only lowers it): fp32
-    weights and gradients, optimizer state, bf16 weight copies, DDP's gradient buckets, (c)'s activations
-    (experiments.cost.ACTIVATION_BYTES, the rounded result of (c)), the loss's chunk.
+    weights, the rank's optimizer state (its own hidden matrices' under the split), and the largest of forward
+    and backward (gradients, which under DDP are its buckets, bf16 weight copies, (c)'s activations as
+    experiments.cost.ACTIVATION_BYTES rounds them, the loss's chunk), the optimizer step (its workspace, the
+    split's gather) and Sophia's Hessian pass.
+(e) That estimate's float32 CPU variant against the measured peak of building a small model and its optimizer
+    and taking 3 training steps, for every optimizer (tests/test_memory.py holds each within 15%).
 
 Peak memory on CPU: torch keeps no allocator statistics there, so torch.profiler(profile_memory=True) records
 every allocation and free of the measured call, and the peak is the high point of their running sum: exactly
 the bytes of torch's tensors alive at once (no allocator slack), counted from the call's start. These numbers
 do not depend on the machine's load, unlike the timings of the other benchmarks.
 
-    python -m bench.memory                 # (a)-(d), records to bench/results.jsonl
+    python -m bench.memory                 # (a)-(e), records to bench/results.jsonl
     python -m bench.memory --batch 1 --no-record
 """
 
@@ -43,6 +47,10 @@ from experiments.cost import ACTIVATION_BYTES, CARD_GIB, CHOICE_GIB, peak_memory
 from experiments.grid import load_sweep, sweep_files
 from model import Head
 from mup.scaling import build_model
+from optim import registry
+from optim.hybrid import build_optimizer
+from trainer.runtime import Runtime
+from trainer.step import train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -134,7 +142,7 @@ def whole_model(batch: int, dtype: str) -> dict:
             "difference": {name: max_difference(out[name], out["full logits"]) for name in cases if name != "full logits"}}
 
 
-def saved_bytes(n: int, n_layer: int, batch: int, norm: str) -> int:
+def saved_bytes(n: int, n_layer: int, batch: int, norm: str, dtype: str) -> int:
     cfg = load_config(None, gpt_overrides(n, n_layer, SEQ, 256) | {"model.norm": norm})
     model, _ = build_model(cfg)
     x = torch.randint(0, 256, (batch, SEQ))
@@ -144,16 +152,59 @@ def saved_bytes(n: int, n_layer: int, batch: int, norm: str) -> int:
         storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast("bfloat16"):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(dtype):
         model(x, x)
     return sum(storages.values())
 
 
-def activation_bytes(n: int, norm: str) -> float:
+def activation_bytes(n: int, norm: str, dtype: str) -> float:
     """(c): saved bytes per token per block per unit of width, from the difference of 3 and 1 blocks at
     batches 2 and 1 (which cancels the bf16 weight copies, saved once per block whatever the batch)."""
-    per_block = {b: (saved_bytes(n, 3, b, norm) - saved_bytes(n, 1, b, norm)) / 2 for b in (1, 2)}
+    per_block = {b: (saved_bytes(n, 3, b, norm, dtype) - saved_bytes(n, 1, b, norm, dtype)) / 2 for b in (1, 2)}
     return (per_block[2] - per_block[1]) / SEQ / n
+
+
+# (e): a shape at which weights, state, activations and every optimizer's workspace all matter, and the optimizers
+# with every refresh at every step (Shampoo's roots, SOAP's bases, Sophia's estimate), Shampoo also with stored
+# roots and Muon also batched
+SMALL = {"model.n_embd": 128, "model.n_layer": 2, "model.head_dim": 32, "model.block_size": 64,
+         "model.vocab_size": 256, "train.batch_size": 4, "train.micro_batch_size": 4, "train.device": "cpu"}
+EVERY_STEP = {"precondition_interval": 1, "hessian_interval": 1}
+OPTIMIZER_CASES = [(name, {f"optim.{k}": v for k, v in EVERY_STEP.items() if registry.reads(name, k)})
+                   for name in registry.OPTIMIZERS] + [("shampoo", {"optim.precondition_interval": 2}),
+                                                        ("muon_kimi", {"optim.ns_batched": True})]
+# and the GPU's numerics on CPU, where the loss's chunk weighs more (n=256, vocab 2048, 8 x 64 tokens, Muon-Kimi)
+NUMERICS_CASES = {"bf16 autocast": {"train.dtype": "bfloat16"},
+                  "activation checkpointing": {"model.activation_checkpointing": True},
+                  "bf16 autocast + checkpointing": {"train.dtype": "bfloat16", "model.activation_checkpointing": True}}
+WIDER = SMALL | {"model.n_embd": 256, "model.vocab_size": 2048, "train.batch_size": 8, "train.micro_batch_size": 8}
+
+
+class RandomWindows:
+    """TokenBatches' interface over one random batch: memory does not depend on what the tokens are."""
+
+    def __init__(self, cfg: Config):
+        self.x = torch.randint(0, cfg.model.vocab_size, (cfg.train.batch_size, cfg.model.block_size + 1),
+                               generator=torch.Generator().manual_seed(0))
+
+    def get(self, step, index=0, size=None):
+        x = self.x[index * size:(index + 1) * size] if size else self.x
+        return x[:, :-1], x[:, 1:]
+
+
+def training_peak(cfg: Config, steps: int = 3) -> int:
+    """(e): the peak bytes of building `cfg`'s model and optimizer on CPU and taking `steps` training steps
+    (trainer.step.train_step, one process), everything counted: what peak_memory_gib(cfg, 1, "cpu") estimates."""
+    rt = Runtime(cfg)
+
+    def train():
+        torch.manual_seed(0)
+        model, table = build_model(cfg)
+        opt = build_optimizer(cfg, model, table)
+        for step in range(steps):
+            train_step(model, opt, RandomWindows(cfg), step, cfg, rt, model)
+
+    return peak_bytes(train)
 
 
 def gpu_runs() -> dict[str, Config]:
@@ -201,11 +252,11 @@ def main(argv=None):
             rows.append(row)
     print_table(rows, f"(b) the model, n={N_EMBD}, L={N_LAYER}, vocab {VOCAB}: forward + backward")
 
-    act = {f"{norm} n={n}": activation_bytes(n, norm) for norm in ("layernorm", "none") for n in (128, 256)}
+    act = {f"{dtype} {norm} n={n}": activation_bytes(n, norm, dtype) for dtype in ("bfloat16", "float32")
+           for norm in ("layernorm", "none") for n in (128, 256)}
     results["activation_bytes_per_token_per_block_per_n"] = act
     print_table([{"case": k, "bytes / token / block / n": v} for k, v in act.items()],
-                f"(c) saved activations, bf16 autocast, eager (the estimate's experiments.cost.ACTIVATION_BYTES:"
-                f" {ACTIVATION_BYTES})")
+                f"(c) saved activations, eager (the estimate's experiments.cost.ACTIVATION_BYTES: {ACTIVATION_BYTES})")
 
     runs = gpu_runs()
     estimates = {name: peak_memory_gib(cfg, world=8) for name, cfg in runs.items()}
@@ -219,6 +270,23 @@ def main(argv=None):
              **{k: round(v, 1) for k, v in estimates[name].items()}} for name in largest.values()]
     print_table(rows, f"(d) estimated GiB per GPU (8 ranks), the largest run of each file; micro-batches chosen "
                       f"within {CHOICE_GIB} GiB, every run held to {CARD_GIB} GiB")
+
+    rows, checked = [], {}
+    for name, extra in OPTIMIZER_CASES:
+        cfg = load_config(None, SMALL | {"optim.name": name, **extra})
+        measured, estimate = training_peak(cfg) / mib, peak_memory_gib(cfg, world=1, device="cpu")["total"] * 1024
+        checked[f"{name} {extra}"] = {"measured_mib": measured, "estimate_mib": estimate}
+        rows.append({"optimizer": name, "settings": " ".join(f"{k.split('.')[1]}={v}" for k, v in extra.items()),
+                     "measured MiB": measured, "estimated MiB": estimate, "error": f"{estimate / measured - 1:+.1%}"})
+    for case, extra in NUMERICS_CASES.items():
+        cfg = load_config(None, WIDER | extra)
+        measured, estimate = training_peak(cfg) / mib, peak_memory_gib(cfg, world=1, device="cpu")["total"] * 1024
+        checked[case] = {"measured_mib": measured, "estimate_mib": estimate}
+        rows.append({"optimizer": "muon_kimi", "settings": f"{case}, n=256, vocab 2048, 8 x 64", "measured MiB": measured,
+                     "estimated MiB": estimate, "error": f"{estimate / measured - 1:+.1%}"})
+    results["cpu_estimate_check"] = checked
+    print_table(rows, "(e) peak of building and 3 training steps on CPU (one process; float32, n=128, L=2, 4 x 64"
+                      " tokens, vocab 256 unless said) against experiments.cost.peak_memory_gib(device='cpu')")
 
     if not args.no_record:
         record("memory", {"n_embd": N_EMBD, "n_layer": N_LAYER, "seq": SEQ, "vocab": VOCAB, "batches": args.batch,

@@ -79,7 +79,7 @@ def run(cfg: Config, steps: int = 10, data: Path | None = None, spectral_product
     train.seed), at constant lr. Returns (rows, spectral_rows): rows as COLUMNS, and, if asked,
     spectral.report of every update t as SPECTRAL_COLUMNS (step t = the t-th update)."""
     cfg = with_values(cfg, **{"optim.schedule": "constant", "optim.warmup_iters": 0})
-    t, ctx = cfg.train, Runtime(cfg)  # a training run's device and numerics (bf16 autocast on CUDA, TF32)
+    t, ctx = cfg.train, Runtime(cfg)  # a training run's device and numerics (bf16 autocast on CUDA)
     ctx.start()
     torch.manual_seed(t.seed)
     model, table = build_model(cfg, ctx.device)

@@ -111,9 +111,10 @@ def run_local(runs: list[Run], envs: list[dict], children: processes.Children, e
 
 
 def memory_column(run: Run, gpus_per_run: int) -> tuple[str, float | None]:
-    """A run's estimated peak GPU memory per GPU at its micro-batch, on `gpus_per_run` ranks (weights, grads,
-    optimizer state, activations, DDP buckets: experiments.cost.peak_memory_gib), as --dry-run prints it, and
-    the GiB; `-` and None for a CPU run (train.device cpu), which needs no GPU."""
+    """A run's estimated peak GPU memory per GPU at its micro-batch, on `gpus_per_run` ranks (weights, the
+    rank's optimizer state, and the largest of forward and backward, the optimizer step and Sophia's pass:
+    experiments.cost.peak_memory_gib), as --dry-run prints it, and the GiB; `-` and None for a CPU run
+    (train.device cpu), which needs no GPU."""
     if run.config.train.device == "cpu":
         return "- GiB/GPU", None
     gib = cost.peak_memory_gib(run.config, gpus_per_run)["total"]

@@ -6,10 +6,13 @@ eps, optimizer). Which update rules an optim.name combines, and their own defaul
 from collections import defaultdict
 
 import torch
+import torch.distributed as dist
 
+from optim import registry
 from optim.muon import Muon
 from optim.shampoo import Shampoo
 from optim.sophia import SophiaG, sampled_label_backward
+from optim.split import Split
 from optim.sso import SSO
 
 
@@ -37,17 +40,22 @@ class Hybrid:
         optim.hessian_interval-th step; never for the other optimizers."""
         return any(isinstance(opt, SophiaG) and opt.hessian_due(step) for opt in self.optimizers.values())
 
-    def update_curvature(self, model: torch.nn.Module, x: torch.Tensor, autocast, seed: int) -> None:
-        """Sophia's Gauss-Newton-Bartlett estimate on inputs x (model may be DDP-wrapped; model(x) returns
-        (logits, None)): a backward against labels sampled with `seed`, the Hessian EMA updated from its
-        gradients, the gradients zeroed. Called after step() and zero_grad() of the step."""
+    def update_curvature(self, model: torch.nn.Module, micro_batches: list, autocast, tokens: int,
+                         set_to_none: bool = True) -> None:
+        """Sophia's Gauss-Newton-Bartlett estimate over an estimation batch of `tokens` tokens, of which this rank
+        holds `micro_batches`, (x, label seeds of its sequences, dropout seed) each: a sampled-label backward of
+        each through `model` (the bare GPT), the gradients summed over ranks, the Hessian EMA updated from them,
+        the gradients zeroed (`set_to_none` as the loop's zero_grad). Called after step() and zero_grad()."""
         sophias = [opt for opt in self.optimizers.values() if isinstance(opt, SophiaG)]
         if not sophias:
             return
-        tokens = sampled_label_backward(model, x, autocast, seed)
+        for x, label_seeds, dropout_seed in micro_batches:
+            sampled_label_backward(model, x, autocast, label_seeds, dropout_seed, weight=x.numel() / tokens)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            all_reduce_grads([p for g in self.param_groups for p in g["params"]])
         for opt in sophias:
             opt.update_hessian(tokens)
-        model.zero_grad(set_to_none=True)
+        self.zero_grad(set_to_none=set_to_none)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers.values():
@@ -61,6 +69,28 @@ class Hybrid:
             raise ValueError(f"optimizer state holds {sorted(state)}, expected {sorted(self.optimizers)}")
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state[name])
+
+
+# Elements per flat buffer of all_reduce_grads: 256 MiB of float32, a bounded transient for a few collectives.
+REDUCE_BUCKET = 2**26
+
+
+@torch.no_grad()
+def all_reduce_grads(params: list) -> None:
+    """Sum the gradients of `params` over ranks, in flat buffers of at most REDUCE_BUCKET elements (a rank without
+    a gradient for a tensor contributes zeros)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads, bucket, size = [p.grad for p in params], [], 0
+    for i, g in enumerate(grads):
+        bucket.append(g)
+        size += g.numel()
+        if size >= REDUCE_BUCKET or i == len(grads) - 1:
+            flat = torch.cat([b.reshape(-1) for b in bucket])
+            dist.all_reduce(flat)
+            torch._foreach_copy_(bucket, [f.view_as(b) for f, b in zip(flat.split([b.numel() for b in bucket]), bucket)])
+            bucket, size = [], 0
 
 
 def ns_dtype(o, device: torch.device) -> torch.dtype:
@@ -85,11 +115,12 @@ def builders(o, device: torch.device) -> dict:
     """{update rule: a function of its param groups returning its torch optimizer}, for the resolved optim section
     `o` (a run config's cfg.optim, every optimizer-specific key filled in by its optimizer's own defaults)."""
     betas = tuple(o.betas) if o.betas is not None else None
+    batched = o.ns_batched or device.type == "cuda"  # 164 kernel launches a step instead of 41,986 at L=256 (muon.py)
     return {
         "muon_kimi": lambda g: Muon(g, adjust_lr_fn="match_rms_adamw", momentum=o.momentum, nesterov=o.nesterov,
-                                    ns_steps=o.ns_steps, ns_dtype=ns_dtype(o, device), ns_batched=o.ns_batched),
+                                    ns_steps=o.ns_steps, ns_dtype=ns_dtype(o, device), ns_batched=batched),
         "muon": lambda g: Muon(g, adjust_lr_fn="original", momentum=o.momentum, nesterov=o.nesterov,
-                               ns_steps=o.ns_steps, ns_dtype=ns_dtype(o, device), ns_batched=o.ns_batched),
+                               ns_steps=o.ns_steps, ns_dtype=ns_dtype(o, device), ns_batched=batched),
         "shampoo": lambda g: Shampoo(g, precondition_interval=o.precondition_interval),
         "soap": lambda g: pytorch_optimizer().SOAP(g, betas=betas, precondition_frequency=o.precondition_interval,
                                                    max_precondition_dim=o.max_precondition_dim),
@@ -104,9 +135,11 @@ def builders(o, device: torch.device) -> dict:
     }
 
 
-def build_optimizer(cfg, model: torch.nn.Module, table: list) -> Hybrid:
+def build_optimizer(cfg, model: torch.nn.Module, table: list, split: bool = True) -> Hybrid:
     """The Hybrid of a run config `cfg` over `model`'s parameters, one param group per distinct (rule, lr, weight
-    decay, eps) of the scaling table `table`."""
+    decay, eps) of the scaling table `table`. Under torch.distributed with several ranks the hidden matrices'
+    optimizer (Muon, Shampoo, SOAP, SSO: the hybrids' own rule) steps each matrix on one rank only (optim/split.py);
+    `split=False` repeats it on every rank instead. The element-wise rules stay on every rank: O(params) work."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     claimed = [rec.name for rec in table]
     unclaimed = sorted(set(params) - set(claimed))
@@ -126,4 +159,9 @@ def build_optimizer(cfg, model: torch.nn.Module, table: list) -> Hybrid:
             group["eps"] = eps
         by_rule[rule].append(group)
     make = builders(cfg.optim, next(model.parameters()).device)
-    return Hybrid({rule: make[rule](g) for rule, g in sorted(by_rule.items())})
+    optimizers = {rule: make[rule](g) for rule, g in sorted(by_rule.items())}
+    hidden, other = registry.rules_of(cfg.optim.name)
+    if split and hidden != other and dist.is_initialized() and dist.get_world_size() > 1:
+        flops = registry.RULES[hidden].step_flops
+        optimizers[hidden] = Split(optimizers[hidden], lambda shape: flops(shape, cfg.optim))
+    return Hybrid(optimizers)

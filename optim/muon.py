@@ -10,17 +10,19 @@ reproduces torch.optim.Muon bit for bit (tests/test_optim.py).
 
 `ns_batched=True` runs Newton-Schulz once per stack of same-shape matrices (q, k, v and o of every block in
 one stack; all fc; all proj; across param groups) with torch.baddbmm where the per-matrix path calls
-torch.addmm: 15 kernels per shape and step instead of 15 per matrix, which is what a deep narrow model needs on
-a GPU (L=256, n=256: 1,536 matrices, ~23,000 launches per step otherwise). Momentum, Nesterov, weight decay and
-the per-shape lr are the per-matrix path's, bit for bit (tests/test_gpu_paths.py). It is opt-in because a
-batched matmul is not bit for bit the per-matrix one in general: a BLAS spreads a batch over threads by matrix
-and one matrix by tile, and may pick other kernels (cuBLAS's batched and single GEMMs are different kernels).
-On this repo's CPU (MKL, torch 2.13) one thread gave identical updates in float32 and bfloat16 for every shape
-tried; two threads gave identical bfloat16 updates, and float32 ones off by float32 rounding where the
-shorter side is 64 or 128 (up to 1.2e-6 in entries up to 0.47), identical from 256. fc is stacked with fc
-rather than with proj transposed: each stack then has the per-matrix path's memory layout (a tall matrix is
-iterated as its transpose, a view), without which float32 differed by rounding even on one thread. A stack
-of one matrix takes the per-matrix path.
+torch.addmm, and the momentum, Nesterov, weight decay and step as torch._foreach_* calls over a group or a
+stack: at L=256, n=32 (1,536 matrices) a step is 164 operator calls instead of 41,986 (27 per matrix;
+python -m bench.op_count), which is what a deep narrow model needs on a GPU, where each call is a kernel
+launch. The hybrid batches on CUDA; on CPU only when asked (optim.ns_batched), since a batched matmul is not
+bit for bit the per-matrix one in general: a BLAS spreads a batch over threads by matrix and one matrix by
+tile, and may pick other kernels (cuBLAS's batched and single GEMMs are different kernels). On this repo's CPU
+(MKL, torch 2.13) one thread gave identical updates in float32 and bfloat16 for every shape tried; two threads
+gave identical bfloat16 updates, and float32 ones off by float32 rounding where the shorter side is 64 or 128
+(up to 1.2e-6 in entries up to 0.47), identical from 256. Momentum, Nesterov, weight decay and the per-shape lr
+are the per-matrix path's, bit for bit (tests/test_gpu_paths.py). fc is stacked with fc rather than with proj
+transposed: each stack then has the per-matrix path's memory layout (a tall matrix is iterated as its
+transpose, a view), without which float32 differed by rounding even on one thread. A stack of one matrix takes
+the per-matrix path.
 """
 
 import math
@@ -28,11 +30,8 @@ from collections import defaultdict
 
 import torch
 
+from optim import registry
 from optim.steps import closure_loss, with_grad
-
-# Elements per stack of matrices (an n x n stack at n=4096 holds 4 matrices, at n=256 1,024): bounds the
-# batched iteration's extra memory, a few copies of the stack.
-MAX_STACK_ELEMENTS = 2**26
 
 
 def newton_schulz(g: torch.Tensor, coefficients, steps: int, eps: float, dtype: torch.dtype) -> torch.Tensor:
@@ -80,39 +79,54 @@ class Muon(torch.optim.Muon):
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure_loss(closure)
-        stacks = defaultdict(list)  # ns_batched: (p, group, momentum update) by what fixes the iteration
+        stacks = defaultdict(list)  # (p, group) by what fixes the iteration: its stack when batched
         for group in self.param_groups:
-            momentum = group["momentum"]
-            for p in with_grad(group):
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - momentum)
-                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
-                if self.ns_batched:
-                    key = (update.shape, update.dtype, update.device, tuple(group["ns_coefficients"]),
-                           group["ns_steps"], group["eps"])
-                    stacks[key].append((p, group, update))
-                    continue
-                update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
-                self._apply(p, group, update)
-        for (shape, _, _, coefficients, steps, eps), items in stacks.items():
-            per_stack = max(1, MAX_STACK_ELEMENTS // shape.numel())
+            params = with_grad(group)
+            for p in params:
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+            if params:
+                torch._foreach_lerp_(self._buffers(params), [p.grad for p in params], 1 - group["momentum"])
+            for p in params:
+                key = (p.shape, p.dtype, p.device, tuple(group["ns_coefficients"]), group["ns_steps"], group["eps"])
+                stacks[key if self.ns_batched else id(p)].append((p, group))
+        for items in stacks.values():
+            per_stack = max(1, registry.MAX_STACK_ELEMENTS // items[0][0].numel())
             for i in range(0, len(items), per_stack):
-                part = items[i:i + per_stack]
-                if len(part) == 1:
-                    updates = [newton_schulz(part[0][2], coefficients, steps, eps, self.ns_dtype)]
-                else:
-                    stack = torch.stack([u for _, _, u in part])
-                    updates = newton_schulz_batched(stack, coefficients, steps, eps, self.ns_dtype).unbind(0)
-                for (p, group, _), update in zip(part, updates):
-                    self._apply(p, group, update)
+                self._orthogonalize_and_apply(items[i:i + per_stack])
         return loss
 
-    @staticmethod
-    def _apply(p, group, update):
-        """Decoupled weight decay on the unadjusted lr, then the orthogonalized update at the shape's lr."""
-        lr = group["lr"]
-        p.mul_(1 - lr * group["weight_decay"])
-        p.add_(update, alpha=-adjusted_lr(lr, group["adjust_lr_fn"], p.shape))
+    def _buffers(self, params: list) -> list:
+        return [self.state[p]["momentum_buffer"] for p in params]
+
+    def _orthogonalize_and_apply(self, part: list) -> None:
+        """The Nesterov update of same-shape matrices `part` ((p, group) pairs), orthogonalized together (one
+        matrix: torch's per-matrix iteration), then weight decay and the step, one foreach call per group."""
+        params = [p for p, _ in part]
+        group = part[0][1]
+        coefficients, steps, eps = group["ns_coefficients"], group["ns_steps"], group["eps"]
+        updates = []
+        for g, members in by_group(part):  # Nesterov's weight is a group's
+            ps = [p for p, _ in members]
+            bufs = self._buffers(ps)
+            updates += torch._foreach_lerp([p.grad for p in ps], bufs, g["momentum"]) if g["nesterov"] else bufs
+        if len(part) == 1:
+            updates = [newton_schulz(updates[0], coefficients, steps, eps, self.ns_dtype)]
+        else:
+            stack = torch.stack(updates)
+            del updates  # the Nesterov updates are freed before the iteration's copies are made
+            updates = newton_schulz_batched(stack, coefficients, steps, eps, self.ns_dtype).unbind(0)
+        update_of = dict(zip(map(id, params), updates))
+        for g, members in by_group(part):
+            ps = [p for p, _ in members]
+            lr = g["lr"]
+            torch._foreach_mul_(ps, 1 - lr * g["weight_decay"])
+            torch._foreach_add_(ps, [update_of[id(p)] for p in ps], alpha=-adjusted_lr(lr, g["adjust_lr_fn"], ps[0].shape))
+
+
+def by_group(part: list) -> list:
+    """[(group, its (p, group) pairs)] of `part`, in the order the groups first appear."""
+    groups = {}
+    for p, g in part:
+        groups.setdefault(id(g), (g, []))[1].append((p, g))
+    return list(groups.values())

@@ -2,10 +2,11 @@
 
 `OPTIMIZERS[name]`, for each value of `optim.name`: the update rule of the hidden matrices and the one of every
 other tensor, the optimizer's own defaults (the `optim.*` keys a config leaves null take them), and the row of
-mup/rules.py it scales by. `RULES[rule]`, for each update rule: the bytes of state it keeps and the FLOPs of one
-step for a tensor of a given shape (what experiments/cost.py counts). config.py takes its `optim.name` choices from
-here, mup/scaling.py the rule and row of each tensor, optim/hybrid.py a builder per rule, experiments/cost.py the
-state and FLOPs; tests/test_registry.py checks that they all cover the same names.
+mup/rules.py it scales by. `RULES[rule]`, for each update rule: the bytes of state it keeps, the FLOPs of one
+step and the bytes that step allocates, for a tensor of a given shape (what experiments/cost.py counts).
+config.py takes its `optim.name` choices from here, mup/scaling.py the rule and row of each tensor,
+optim/hybrid.py a builder per rule and the FLOPs optim/split.py balances ranks by, experiments/cost.py the
+state, FLOPs and workspace; tests/test_registry.py checks that they all cover the same names.
 
 This module imports nothing from the project (config.py reads it), nor torch (experiments/results.py, which
 reads configs, runs without it).
@@ -32,7 +33,7 @@ class Optimizer:
 # The optim.* keys whose default depends on the optimizer. A config leaves them null; they then take the
 # chosen optimizer's `defaults`, or stay null if it does not read them (and setting one it does not read is an error).
 OWN_KEYS = ("betas", "matrix_eps", "adamw_lr_ratio", "precondition_interval", "max_precondition_dim",
-            "hessian_interval", "sophia_rho", "sophia_clip", "sso_radius")
+            "hessian_interval", "hessian_batch_size", "sophia_rho", "sophia_clip", "sso_radius")
 
 # The paper's AdamW (and AdamW half): beta = (0.9, 0.95), at eta_base (its Muon-Kimi runs) unless said otherwise
 ADAMW_HALF = {"betas": [0.9, 0.95], "adamw_lr_ratio": 1.0}
@@ -59,16 +60,14 @@ OPTIMIZERS = {
     "adamw": Optimizer("adamw", "adamw", "AdamW for every tensor", {"betas": [0.9, 0.95]}),
     # Lion's paper (Chen et al. 2023): beta = (0.9, 0.99)
     "lion": Optimizer("lion", "lion", "Lion (Chen et al. 2023; sign updates) for every tensor", {"betas": [0.9, 0.99]}),
-    # Sophia's paper (Liu et al. 2023): beta = (0.965, 0.99), rho 0.04, clip 1, a Hessian estimate every 10 steps
+    # Sophia's paper (Liu et al. 2023): beta = (0.965, 0.99), rho 0.04, clip 1, a Hessian estimate every 10 steps.
+    # The estimate's sequences: the whole batch of every shipped Sophia run (their batches are 8, 16 and 240, so no
+    # smaller fixed number fits them all), split across ranks: +10% compute at an interval of 10
     "sophia": Optimizer("sophia", "sophia", "SophiaG (Liu et al. 2023; Gauss-Newton-Bartlett curvature) for every"
-                        " tensor", {"betas": [0.965, 0.99], "hessian_interval": 10, "sophia_rho": 0.04,
-                                    "sophia_clip": 1.0}),
+                        " tensor", {"betas": [0.965, 0.99], "hessian_interval": 10, "hessian_batch_size": 240,
+                                    "sophia_rho": 0.04, "sophia_clip": 1.0}),
     "sgd": Optimizer("sgd", "sgd", "SGD with momentum for every tensor"),
 }
-
-
-def nothing(shape, o) -> int:
-    return 0
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,13 @@ class Rule:
     """What an update rule costs for one tensor of shape `shape`, given the resolved `optim` config section."""
     state_bytes: Callable  # (shape, optim) -> bytes kept between steps
     step_flops: Callable  # (shape, optim) -> FLOPs of one step, amortized over refresh intervals
-    workspace_bytes: Callable = nothing  # (shape, optim) -> bytes a step of this tensor allocates and frees
+    # (shape, optim) -> the most bytes a step of this tensor allocates above the state, in float32 on CPU, the
+    # leftovers of the tensor stepped before it included (a loop's variables live until the next tensor replaces
+    # them; taken as one of the same shape); torch.profiler's peaks on CPU, torch 2.13 (python -m bench.memory)
+    workspace_bytes: Callable
+    stacks: bool = False  # a step orthogonalizes a stack of same-shape matrices at once (Muon's batched path)
+    foreach: bool = False  # a step makes its temporaries for every tensor at once (torch._foreach_* over all)
+    fused_on_cuda: bool = False  # one fused kernel over every tensor on CUDA (optim/hybrid.py): no workspace there
 
 
 def numel(shape) -> int:
@@ -99,11 +104,23 @@ def eigh_flops(n: int) -> float:
     return 9 * n**3
 
 
+# Elements per stack of Muon's batched Newton-Schulz (optim/muon.py; an n x n stack at n=4096 holds 4 matrices, at
+# n=256 1,024): bounds the batched iteration's extra memory, a few copies of the stack.
+MAX_STACK_ELEMENTS = 2**26
+
+
 def newton_schulz_workspace(shape, o) -> int:
-    """The iteration's copies in float32 (the larger dtype): the matrix and its next iterate, X X^T, its square and
-    their combination."""
-    m = min(sides(shape))
-    return 4 * (2 * numel(shape) + 3 * m * m)
+    """In float32 (bfloat16 on CUDA needs less): the update, its normalized copy, the next iterate, X X^T and
+    (bA + cA^2): 3 mn + 2 m^2 floats for m the shorter side (measured 5.0 x the matrix at 128^2 and 256^2, 3.5-3.7
+    x at 4:1 and 3:1)."""
+    return 4 * (3 * numel(shape) + 2 * min(sides(shape)) ** 2)
+
+
+def elementwise(copies: int):
+    """A rule whose step makes `copies` temporaries of the tensor: measured 3 for AdamW and Sophia and 2 for SGD in
+    their loops on CPU (the previous tensor's last one included), 1 for pytorch_optimizer's Lion, of every tensor
+    at once (its foreach path)."""
+    return lambda shape, o: 4 * copies * numel(shape)
 
 
 def shampoo_bytes(shape, o) -> int:
@@ -120,8 +137,13 @@ def shampoo_flops(shape, o) -> float:
 
 
 def shampoo_workspace(shape, o) -> int:
-    """The float64 gradient, and a float64 eigendecomposition of the longer side (matrix, eigenvectors, root)."""
-    return 8 * numel(shape) + 24 * max(sides(shape)) ** 2
+    """A refresh, in float64: the gradient, and the largest of (i) L's eigendecomposition (eigenvectors and LAPACK's
+    workspace, 3 r^2), (ii) L's root kept while R's is taken, (iii) both roots and the two products; with an
+    interval of 1 the previous matrix's roots are still held (later ones keep theirs in the state). Measured
+    14.2 x the float32 matrix at 128^2 and 256^2, 34.7-35.3 at 4:1 and 1:4, 26.8 at 3:1: within 1.4%."""
+    r, c = sides(shape)
+    held = 8 * (r * r + c * c) if o.precondition_interval == 1 else 0
+    return 8 * numel(shape) + 8 * max(3 * r * r, r * r + 3 * c * c, r * r + c * c + 2 * numel(shape)) + held
 
 
 def soap_sides(shape, o) -> list[int]:
@@ -143,8 +165,11 @@ def soap_flops(shape, o) -> float:
 
 
 def soap_workspace(shape, o) -> int:
-    """Rotated gradient and moments, and a float32 QR or eigendecomposition of the longer preconditioned side."""
-    return 12 * numel(shape) + 12 * max(soap_sides(shape, o), default=0) ** 2
+    """A refresh of pytorch_optimizer's SOAP: rotated gradients and moments, and per preconditioned side its
+    statistic's update, re-sorted basis, power-iteration product and QR. Fitted to torch.profiler's peaks (15.1-15.3
+    x the float32 matrix at 128^2 and 256^2, 27.0-27.3 at 4:1 and 1:4, 22.1 at 3:1): 19 bytes per element and 21 per
+    element of each side's square, within 1.5% there."""
+    return 19 * numel(shape) + 21 * sum(s * s for s in soap_sides(shape, o))
 
 
 def sso_flops(shape, o) -> float:
@@ -153,19 +178,26 @@ def sso_flops(shape, o) -> float:
     return 31 * newton_schulz_flops(shape, o.ns_steps) + 20 * 4 * numel(shape)
 
 
+def sso_workspace(shape, o) -> int:
+    """Newton-Schulz's, and the normalized momentum, Theta = u v^T, M + lambda Theta and the previous matrix's last
+    update (measured 8.0 x the matrix at 128^2 and 256^2, 6.5-6.75 at 4:1 and 3:1)."""
+    return newton_schulz_workspace(shape, o) + 4 * 3 * numel(shape)
+
+
 RULES = {
-    "adamw": Rule(lambda s, o: 8 * numel(s), lambda s, o: 10 * numel(s)),  # two moments
-    "lion": Rule(lambda s, o: 4 * numel(s), lambda s, o: 8 * numel(s)),  # one moment
-    "sophia": Rule(lambda s, o: 8 * numel(s), lambda s, o: 10 * numel(s)),  # moment, Hessian estimate
-    "sgd": Rule(lambda s, o: 4 * numel(s) if o.momentum > 0 else 0, lambda s, o: 4 * numel(s)),
+    "adamw": Rule(lambda s, o: 8 * numel(s), lambda s, o: 10 * numel(s), elementwise(3),  # two moments
+                  fused_on_cuda=True),
+    "lion": Rule(lambda s, o: 4 * numel(s), lambda s, o: 8 * numel(s), elementwise(1), foreach=True),  # one moment
+    "sophia": Rule(lambda s, o: 8 * numel(s), lambda s, o: 10 * numel(s), elementwise(3)),  # moment, Hessian estimate
+    "sgd": Rule(lambda s, o: 4 * numel(s) if o.momentum > 0 else 0, lambda s, o: 4 * numel(s), elementwise(2)),
     "muon_kimi": Rule(lambda s, o: 4 * numel(s), lambda s, o: newton_schulz_flops(s, o.ns_steps),  # momentum
-                      newton_schulz_workspace),
-    "muon": Rule(lambda s, o: 4 * numel(s), lambda s, o: newton_schulz_flops(s, o.ns_steps), newton_schulz_workspace),
+                      newton_schulz_workspace, stacks=True),
+    "muon": Rule(lambda s, o: 4 * numel(s), lambda s, o: newton_schulz_flops(s, o.ns_steps), newton_schulz_workspace,
+                 stacks=True),
     "shampoo": Rule(shampoo_bytes, shampoo_flops, shampoo_workspace),
     "soap": Rule(soap_bytes, soap_flops, soap_workspace),
-    # momentum and the right singular vector; a step also holds the normalized momentum
-    "sso": Rule(lambda s, o: 4 * numel(s) + 4 * s[1], sso_flops,
-                lambda s, o: newton_schulz_workspace(s, o) + 4 * numel(s)),
+    # momentum and the right singular vector
+    "sso": Rule(lambda s, o: 4 * numel(s) + 4 * s[1], sso_flops, sso_workspace),
 }
 
 

@@ -11,8 +11,6 @@ differs in two places, both taken from the paper rather than the script:
 """
 
 import torch
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
 from optim.steps import closure_loss, with_grad
 
@@ -48,7 +46,7 @@ class SophiaG(torch.optim.Optimizer):
     @torch.no_grad()
     def update_hessian(self, batch_tokens: int) -> None:
         """h <- beta2 h + (1 - beta2) B g*g, g = the current gradients of a sampled-label loss averaged over
-        B = batch_tokens tokens (`sampled_label_backward`)."""
+        B = batch_tokens tokens (`sampled_label_backward`, summed over micro-batches and ranks)."""
         for group in self.param_groups:
             beta2 = group["betas"][1]
             for p in group["params"]:
@@ -72,19 +70,27 @@ class SophiaG(torch.optim.Optimizer):
         return loss
 
 
-def sampled_label_backward(model: torch.nn.Module, x: torch.Tensor, autocast, seed: int) -> int:
-    """Backward of the mean cross-entropy of the model's logits on x against labels drawn from its own
-    softmax (Algorithm 2): the gradient g_hat of the GNB estimate. Labels and any dropout masks come from
-    `seed` alone, so a resumed run redraws them bit for bit; the global RNG is left as it was. A DDP wrapper is
-    bypassed: every rank estimates on the same x, so no gradient exchange is needed. Returns B = x.numel()."""
-    module = model.module if isinstance(model, DistributedDataParallel) else model
-    labels = torch.Generator(device=x.device).manual_seed(seed)
+def sampled_label_backward(model: torch.nn.Module, x: torch.Tensor, autocast, label_seeds: list[int],
+                           dropout_seed: int, weight: float) -> None:
+    """Backward of `weight` x the mean cross-entropy of the model's logits on x against labels drawn from its own
+    softmax (Algorithm 2): a share of the gradient g_hat of the GNB estimate. Sequence i's labels are drawn by a
+    generator seeded with label_seeds[i], so they do not depend on how the estimation batch is split into ranks
+    and micro-batches; dropout masks come from `dropout_seed`; the global RNG is left as it was.
+
+    No (tokens, vocab) logits exist: `model` (the bare GPT) gives its final features, one sequence's logits at a
+    time are made, sampled from and freed under no_grad, and the loss is the chunked linear cross-entropy
+    (model.Head.loss). Whole logits and their float32 softmax were ~6 GiB at n=4096, micro-batch 15."""
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(seed)
+        torch.manual_seed(dropout_seed)
         with autocast:
-            logits, _ = module(x)
-        logits = logits.flatten(0, -2)
-        with torch.no_grad():  # the float32 probabilities are freed before the loss's own float32 copy is made
-            y = torch.multinomial(torch.softmax(logits, -1, dtype=torch.float32), 1, generator=labels).squeeze(1)
-        F.cross_entropy(logits.float(), y).backward()
-    return y.numel()
+            features = model.features(x)
+        labels = []
+        with torch.no_grad(), autocast:
+            for h, seed in zip(features, label_seeds):
+                probs = torch.softmax(model.head(h), -1, dtype=torch.float32)
+                generator = torch.Generator(device=x.device).manual_seed(seed)
+                labels.append(torch.multinomial(probs, 1, generator=generator).squeeze(1))
+                del probs
+        with autocast:
+            loss = model.head.loss(features, torch.stack(labels))
+        (loss * weight).backward()

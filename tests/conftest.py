@@ -79,3 +79,4 @@ def losses(out) -> dict:
 
     return {r["step"]: r["train_loss"] for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines())
             if "train_loss" in r}
+

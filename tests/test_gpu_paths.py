@@ -71,6 +71,20 @@ def test_flops_per_token_is_model_flops():
     assert counts[0] == counts[1] == matmuls + attention
 
 
+def test_flops_are_counted_without_a_copy_of_the_model():
+    """On the meta device from the model's config: nothing of the live model's size is allocated (a copy was)."""
+    import perf
+    from bench.memory import peak_bytes
+    from model import GPT
+    from tests.conftest import tiny
+
+    model = GPT(tiny(**{"model.n_embd": 256, "model.head_dim": 64}).model)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    counted = []
+    assert peak_bytes(lambda: counted.append(perf.train_flops_per_token(model))) < size / 100
+    assert counted[0] > 6 * size / 4  # and it counted the model: 6 FLOPs per parameter and token, and more
+
+
 def hidden_shapes(n=64, L=3):
     """A model's Muon matrices, in model order: q, k, v, o, fc (tall), proj (wide) of every block, plus an odd
     shape that has no partner (a stack of one)."""
@@ -131,13 +145,13 @@ def test_batched_muon_stacks_are_bounded(monkeypatch):
     matrix above the bound alone through the per-matrix iteration; the result is the per-matrix step's."""
     import torch
 
-    from optim import muon
+    from optim import muon, registry
 
     stacks, singles = [], []
     batched_ns, single_ns = muon.newton_schulz_batched, muon.newton_schulz
     monkeypatch.setattr(muon, "newton_schulz_batched", lambda g, *a: stacks.append(tuple(g.shape)) or batched_ns(g, *a))
     monkeypatch.setattr(muon, "newton_schulz", lambda g, *a: singles.append(tuple(g.shape)) or single_ns(g, *a))
-    monkeypatch.setattr(muon, "MAX_STACK_ELEMENTS", 3 * 64 * 64)
+    monkeypatch.setattr(registry, "MAX_STACK_ELEMENTS", 3 * 64 * 64)
     shapes, steps = hidden_shapes(L=2), 3
     per_matrix = muon_run(shapes, steps, ns_dtype=torch.float32)
     singles.clear()
@@ -171,3 +185,17 @@ def test_batched_newton_schulz_matches_per_matrix(dtype):
                 torch.testing.assert_close(out.float(), ref.float(), rtol=0, atol=tol)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_batched_muon_step_makes_as_many_operator_calls_at_any_depth():
+    """What a GPU launches: the batched step's calls are per stack of same-shape matrices (and per param group), so
+    they do not grow with depth; the per-matrix step's grow with the matrices (~26 each)."""
+    from bench.op_count import second_step_calls, setup
+
+    def calls(L, batched):
+        muon = setup("muon_kimi", 32, L, batched, fused=True).optimizers["muon_kimi"]
+        return sum(second_step_calls(muon.step).values())
+
+    per_matrix = calls(16, False)
+    assert per_matrix > 25 * 6 * 16
+    assert calls(4, True) == calls(16, True) < per_matrix / 10

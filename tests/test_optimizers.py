@@ -18,6 +18,7 @@ from optim.hybrid import build_optimizer
 from optim.shampoo import Shampoo
 from optim.sophia import SophiaG
 from optim.sso import NS_COEFFICIENTS, SSO
+from bench.common import gloo
 from tests.conftest import tiny, tokens
 
 NEW = ["shampoo", "soap", "sso", "lion", "sophia"]
@@ -255,6 +256,19 @@ def test_schedule_keeps_each_groups_mup_ratio(name):
         assert lr_of[t.name] == 0.3 * t.lr
 
 
+NO_AUTOCAST = torch.autocast("cpu", enabled=False)
+
+
+def seeds(first: int, count: int) -> list[int]:
+    return list(range(first, first + count))
+
+
+def curvature_inputs(x, label_seeds, micro=None):
+    """update_curvature's micro-batches of x: (sequences, their label seeds, a dropout seed)."""
+    micro = micro or len(x)
+    return [(x[i:i + micro], label_seeds[i:i + micro], 100 + i) for i in range(0, len(x), micro)]
+
+
 def train(model, opt, cfg, steps, start=0):
     """The loop's order: forward, backward, step, zero_grad, then the curvature hook on the first inputs."""
     losses = []
@@ -265,7 +279,7 @@ def train(model, opt, cfg, steps, start=0):
         opt.step()
         opt.zero_grad()
         if opt.wants_curvature(s):
-            opt.update_curvature(model, x, torch.autocast("cpu", enabled=False), seed=1000 + s)
+            opt.update_curvature(model, curvature_inputs(x, seeds(1000 + s, len(x))), NO_AUTOCAST, x.numel())
         losses.append(loss.item())
     return losses
 
@@ -306,37 +320,66 @@ def test_only_sophia_wants_curvature():
         assert due == ([2, 5, 8] if name == "sophia" else []), name
         if name != "sophia":
             x = tokens(cfg)
-            opt.update_curvature(model, x, torch.autocast("cpu", enabled=False), seed=0)  # a no-op
+            opt.update_curvature(model, curvature_inputs(x, seeds(0, len(x))), NO_AUTOCAST, x.numel())  # a no-op
             assert all(p.grad is None for p in model.parameters())
 
 
-def test_curvature_is_the_gnb_estimate_from_the_seed():
-    """h = (1 - beta2) B g^2 with g the gradient of the mean loss against labels drawn from softmax(logits) by
-    a generator seeded with `seed`; gradients are zeroed after; the global RNG is untouched."""
+def test_curvature_is_the_gnb_estimate_from_the_seeds():
+    """h = (1 - beta2) B g^2 with g the gradient of the mean loss against labels drawn from softmax(logits), each
+    sequence's by a generator seeded with its label seed; dropout masks from the dropout seed; gradients are
+    zeroed after; the global RNG is untouched."""
     cfg = tiny(**{"optim.name": "sophia", "optim.betas": [0.9, 0.8], "model.dropout": 0.1})
     torch.manual_seed(0)
     model, table = build_model(cfg)
     opt = build_optimizer(cfg, model, table)
-    x = tokens(cfg, B=3)
+    x, labels = tokens(cfg, B=3), seeds(7, 3)
     rng = torch.get_rng_state()
-    opt.update_curvature(model, x, torch.autocast("cpu", enabled=False), seed=7)
+    opt.update_curvature(model, [(x, labels, 11)], NO_AUTOCAST, x.numel())
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(p.grad is None for p in model.parameters())
 
     with torch.random.fork_rng():
-        torch.manual_seed(7)  # the pass's dropout masks come from the seed too
+        torch.manual_seed(11)  # the pass's dropout masks come from its seed
         logits, _ = model(x)
-    probs = torch.softmax(logits.reshape(-1, logits.size(-1)), -1)
-    y = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(7)).squeeze(1)
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y)
+    y = torch.stack([torch.multinomial(torch.softmax(row, -1), 1, generator=torch.Generator().manual_seed(s)).squeeze(1)
+                     for row, s in zip(logits, labels)])
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
     grads = torch.autograd.grad(loss, list(model.parameters()))
     state = opt.optimizers["sophia"].state
-    for p, g in zip(model.parameters(), grads):
-        torch.testing.assert_close(state[p]["hessian"], 0.2 * x.numel() * g * g, rtol=1e-5, atol=0)
+    scale = max(0.2 * x.numel() * g.square().max().item() for g in grads)
+    for p, g in zip(model.parameters(), grads):  # the chunked loss's gradient: the full logits' up to rounding
+        torch.testing.assert_close(state[p]["hessian"], 0.2 * x.numel() * g * g, rtol=1e-5, atol=1e-6 * scale)
     before = {p: state[p]["hessian"].clone() for p in model.parameters()}
-    opt.update_curvature(model, x, torch.autocast("cpu", enabled=False), seed=8)
+    opt.update_curvature(model, [(x, seeds(8, 3), 11)], NO_AUTOCAST, x.numel())
     assert any(not torch.equal(state[p]["hessian"], 0.8 * before[p] + 0.2 * x.numel() * g * g)
-               for p, g in zip(model.parameters(), grads))  # another seed, other labels
+               for p, g in zip(model.parameters(), grads))  # other seeds, other labels
+
+
+def hessians(micro: int, x) -> list:
+    """Sophia's first estimate on x, given in micro-batches of `micro` sequences."""
+    cfg = tiny(**{"optim.name": "sophia"})
+    torch.manual_seed(0)
+    model, table = build_model(cfg)
+    opt = build_optimizer(cfg, model, table)
+    opt.update_curvature(model, curvature_inputs(x, seeds(7, len(x)), micro), NO_AUTOCAST, x.numel())
+    return [opt.optimizers["sophia"].state[p]["hessian"] for p in model.parameters()]
+
+
+def test_curvature_does_not_depend_on_the_micro_batch():
+    """The labels follow each sequence's seed and the gradient is weighted by tokens: micro-batches of 1, 2 or 4
+    sequences give the estimate of one batch of 4, up to float rounding (the sum's order)."""
+    x = tokens(tiny(), B=4)
+    whole = hessians(4, x)
+    for micro in (1, 2):
+        assert_close_to_rounding(hessians(micro, x), whole)
+
+
+def assert_close_to_rounding(a: list, b: list):
+    """Equal up to float32 rounding of gradients (relative to the largest entry: a gradient that is 0 in exact
+    arithmetic, such as a key bias's, is rounding noise in both)."""
+    scale = max(t.abs().max().item() for t in b)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6 * scale)
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -394,3 +437,43 @@ def test_missing_library_names_the_pip_command(monkeypatch):
 def test_coordinate_check_configs_choose_the_optimizer(name, axis):
     sweep, rest = split_sweep(read_yaml(f"configs/coord/tiny_{axis}_{name}.yaml"))
     assert from_flat(rest).optim.name == name and sweep.axis == axis
+
+
+class Batches:
+    """TokenBatches' interface over one fixed batch of 8 random sequences."""
+
+    def __init__(self, cfg):
+        self.x = tokens(cfg, B=8, seed=3)
+
+    def get(self, step, index=0, size=8):
+        x = self.x[index * size:(index + 1) * size]
+        return x, x.roll(-1, 1)
+
+
+def curvature_on_ranks(rank, world, out, micro):
+    """Sophia's first estimate through trainer.step.curvature on this rank of `world` (a gloo group when > 1)."""
+    import os
+
+    from trainer.runtime import Runtime
+    from trainer.step import curvature
+
+    if world > 1:
+        os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
+    cfg = tiny(**{"optim.name": "sophia", "optim.hessian_batch_size": 6, "train.batch_size": 8,
+                  "train.micro_batch_size": micro})
+    torch.manual_seed(0)
+    model, table = build_model(cfg)
+    opt = build_optimizer(cfg, model, table)
+    curvature(opt, model, Batches(cfg), 5, cfg, Runtime(cfg))
+    torch.save([opt.optimizers["sophia"].state[p]["hessian"] for p in model.parameters()], out / f"h{world}_{rank}.pt")
+
+
+def test_curvature_is_split_across_ranks_and_the_same_on_any_number(tmp_path):
+    """6 of the batch's 8 sequences: 3 on each of 2 gloo ranks in micro-batches of 2 and 1, against 6 on one
+    process in micro-batches of 4 and 2: the same estimate up to float rounding, and the same on both ranks."""
+    curvature_on_ranks(0, 1, tmp_path, micro=4)
+    gloo(curvature_on_ranks, 2, tmp_path, 2)
+    one, a, b = (torch.load(tmp_path / f, weights_only=True) for f in ("h1_0.pt", "h2_0.pt", "h2_1.pt"))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert_close_to_rounding(a, one)
+    assert any(t.abs().max() > 0 for t in one)

@@ -167,3 +167,44 @@ def test_spectral_diagnostics_in_metrics(tmp_path, tiny_corpus):
     assert with_spec == [2, 4, 6]
     r = next(r for r in records if r["step"] == 2)
     assert r["spec/blocks.1.mlp/alpha_dW2_W1"] > 0 and r["spec/blocks.0.attn.q/dW"] > 0
+
+
+def gradients_under_ddp(rank, world, data, out):
+    """Three steps of 2 micro-batches under DDP; records the storage each gradient is accumulated into."""
+    import os
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    from data.loader import TokenBatches
+    from optim.hybrid import build_optimizer
+    from trainer.runtime import Runtime
+    from trainer.step import train_step
+
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
+    cfg = load_config(None, {**TINY_RUN, "data.dataset": str(data), "train.batch_size": 8, "train.micro_batch_size": 2})
+    rt = Runtime(cfg)
+    torch.manual_seed(1)
+    raw, table = build_model(cfg)
+    opt = build_optimizer(cfg, raw, table)
+    model = DistributedDataParallel(raw, gradient_as_bucket_view=True)
+    storages = {n: [] for n, _ in raw.named_parameters()}
+    for n, p in raw.named_parameters():
+        p.register_post_accumulate_grad_hook(lambda p, n=n: storages[n].append(p.grad.untyped_storage().data_ptr()))
+    batches = TokenBatches(data, "train", cfg.model.block_size, cfg.train.batch_size, cfg.train.seed)
+    for step in range(3):
+        train_step(model, opt, batches, step, cfg, rt, raw)
+    torch.save(storages, out / f"storages{rank}.pt")
+
+
+def test_ddp_gradients_stay_bucket_views_on_every_micro_step(tmp_path, tiny_corpus):
+    """No second copy of the gradients: after the first step every micro-step (no_sync ones included) accumulates
+    into the same few storages, DDP's buckets; with zero_grad(set_to_none=True) each no_sync micro-step made fresh
+    gradients next to the buckets."""
+    from bench.common import gloo
+
+    gloo(gradients_under_ddp, 2, tiny_corpus, tmp_path)
+    for rank in range(2):
+        storages = torch.load(tmp_path / f"storages{rank}.pt")
+        assert all(len(s) == 6 for s in storages.values())  # 3 steps x 2 micro-batches
+        assert all(len(set(s[2:])) == 1 for s in storages.values())  # after the first step: one storage each
+        assert len({s[-1] for s in storages.values()}) < len(storages) / 4  # shared: a few buckets

@@ -36,10 +36,11 @@ class Runtime:
                          else nullcontext())
 
     def start(self):
+        # No TF32 (torch's default for matmuls): under bf16 autocast every matmul of the model is bf16 already, so
+        # TF32 only cut the optimizers' float32 math (a float32 Newton-Schulz, SSO's power iteration and msign,
+        # SOAP's eigenbases) to 10-bit mantissas; and a train.dtype=float32 run is then a float32 reference.
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
         if self.ddp:
             cuda = self.device.type == "cuda"
             dist.init_process_group("nccl" if cuda else "gloo", device_id=self.device if cuda else None)
