@@ -140,8 +140,11 @@ class OptimConfig:
         None, f"own: SSO's radius c of the spectral sphere ||W||_2 = c sqrt(out/in) of each hidden matrix; {OWN}",
         POSITIVE)
     grad_clip: float = key(1.0, "clip the global gradient norm to this; 0 disables", NON_NEGATIVE)
-    schedule: Literal["cosine", "constant"] = key("cosine", "after warm-up: cosine decay to the floor, or constant")
+    schedule: Literal["cosine", "linear", "constant"] = key(
+        "cosine", "after warm-up (and until optim.decay_start): cosine or linear decay to the floor, or constant")
     warmup_iters: int = key(120, "linear warm-up steps", NON_NEGATIVE)
+    decay_start: int | None = key(None, "the step the decay starts at (a cool-down); null: the end of the warm-up",
+                                  NON_NEGATIVE)
     min_lr: float = key(3e-5, "the cosine's floor at eta_base; every tensor decays to the fraction min_lr / lr"
                               " of its own lr", NON_NEGATIVE)
 
@@ -165,6 +168,11 @@ class TrainConfig:
     out_dir: str = key("out/run", "directory of config.yaml, metrics.jsonl, ckpt.pt and run.json")
     seed: int = key(1, "seed of init, batches and dropout")
     resume: Literal["none", "auto"] = key("none", "auto: continue from out_dir's checkpoint if there is one")
+    init_from: str | None = key(None, "fork: start this new run from the checkpoint of the run in this directory, at"
+                                      " its step (weights, and optimizer state unless init_from_optim is false);"
+                                      " shapes must match")
+    init_from_optim: bool = key(True, "with init_from: also take the parent's optimizer state (moments, momentum,"
+                                      " preconditioners), under this run's own hyperparameters")
     stop_after: int | None = key(None, "checkpoint and stop after this step (time-limited jobs)", POSITIVE)
     device: Literal["auto", "cpu", "cuda"] = key("auto", "auto: cuda if visible, else cpu")
     dtype: Literal["auto", "float32", "bfloat16"] = key("auto", "autocast dtype; auto: bf16 on CUDA, fp32 on CPU")
@@ -435,6 +443,9 @@ def validate(cfg: "Config", world_size: int = 1) -> None:
         raise ConfigError(f"optim.betas: expected two values in [0, 1), got {o.betas}")
     if cfg.scaling.paper_rows and registry.get(o.name).paper_row is None:
         raise ConfigError(f"scaling.paper_rows: optim.name={o.name} has no row of its own; its row is the paper's")
+    if o.decay_start is not None and not o.warmup_iters <= o.decay_start <= t.max_iters:
+        raise ConfigError(f"optim.decay_start={o.decay_start} must lie between optim.warmup_iters={o.warmup_iters}"
+                          f" and train.max_iters={t.max_iters}")
     if o.min_lr > o.lr:
         raise ConfigError(f"optim.min_lr={o.min_lr:g} exceeds optim.lr={o.lr:g}: the floor must lie in [0, optim.lr]")
     if t.batch_size % (t.micro_batch_size * world_size):

@@ -37,40 +37,55 @@ from trainer.step import evaluate, train_step
 STOPPED = "stopped"  # how loop() ends at train.stop_after: the record says running, a resume continues it
 
 
-def check(cfg: Config, rt: Runtime) -> tuple[Path, dict | None]:
-    """Everything about the input that can be wrong, before any compute: data, output, wandb, checkpoint."""
+def check(cfg: Config, rt: Runtime) -> tuple[Path, dict | None, dict | None]:
+    """Everything about the input that can be wrong, before any compute: data, output, wandb, checkpoint, and a
+    fork's parent. Returns (data directory, this run's checkpoint to resume, the parent's checkpoint to fork)."""
     validate(cfg, rt.world)
     data_dir = check_data(cfg, rt.master)
     out = Path(cfg.train.out_dir)
     check_out_dir(out)
     check_wandb(cfg)
-    ckpt = None
+    ckpt = parent = None
     if (out / checkpoint.CKPT).exists():
         if cfg.train.resume != "auto":
             raise ConfigError(f"{out / checkpoint.CKPT} exists; continue it with train.resume=auto (or --resume),"
                               f" or choose another train.out_dir")
         ckpt = checkpoint.load(out / checkpoint.CKPT, cfg)
-    return data_dir, ckpt
+    elif cfg.train.init_from:
+        parent = checkpoint.parent(cfg)
+    return data_dir, ckpt, parent
 
 
 class Run:
     """One run's model, optimizer, data and progress: what a checkpoint saves and a resume restores.
 
     The log window (the steps since the last logged train loss, and their loss sum) is progress too: keeping
-    it in the checkpoint makes the logged and final losses independent of where a run was interrupted."""
+    it in the checkpoint makes the logged and final losses independent of where a run was interrupted.
 
-    def __init__(self, cfg: Config, rt: Runtime, data_dir: Path, ckpt: dict | None):
+    A fork (train.init_from) starts from its parent's checkpoint: its weights, its optimizer state by parameter
+    name under this run's hyperparameters (unless train.init_from_optim is false), and its step, so batches and
+    the schedule go on from there; every run.json of the fork names the parent and that step."""
+
+    def __init__(self, cfg: Config, rt: Runtime, data_dir: Path, ckpt: dict | None, parent: dict | None = None):
         self.cfg, self.rt, self.out, t = cfg, rt, Path(cfg.train.out_dir), cfg.train
         torch.manual_seed(t.seed)
         self.raw, self.table = build_model(cfg, rt.device)
         self.opt = build_optimizer(cfg, self.raw, self.table)
         self.step, self.elapsed, self.train_loss = 0, 0.0, None
         self.window_sum, self.window_start = torch.zeros((), device=rt.device), 0
+        self.lineage = {}
         if ckpt is not None:
             self.raw.load_state_dict(ckpt["model"])
             self.opt.load_state_dict(ckpt["optim"])
             self.step, self.elapsed, self.train_loss = ckpt["step"], ckpt["wall_s"], ckpt["train_loss"]
             self.window_sum, self.window_start = ckpt["window_sum"].to(rt.device), ckpt["window_start"]
+            self.lineage = ckpt.get("lineage", {})
+        elif parent is not None:
+            self.raw.load_state_dict(parent["model"])
+            if t.init_from_optim:
+                self.opt.load_param_states(parent["optim"])
+            self.step = self.window_start = parent["step"]
+            self.lineage = {"parent": {"run": str(Path(t.init_from).resolve()), "step": parent["step"]}}
         self.model = compile_blocks(self.raw) if t.compile else self.raw
         if rt.ddp:  # gradients live in DDP's buckets: no second fp32 copy of them
             self.model = DDP(self.model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None,
@@ -99,15 +114,16 @@ class Run:
         """Checkpoint (all ranks take part: the window's loss sum is averaged over them), then run.json."""
         state = {"model": self.raw.state_dict(), "optim": self.opt.state_dict(), "step": self.step,
                  "wall_s": self.wall_s(), "config": flat_dict(self.cfg), "train_loss": self.train_loss,
-                 "window_sum": self.rt.mean(self.window_sum.clone()).cpu(), "window_start": self.window_start}
+                 "window_sum": self.rt.mean(self.window_sum.clone()).cpu(), "window_start": self.window_start,
+                 "lineage": self.lineage}
         if self.rt.master:
             checkpoint.save(self.out / checkpoint.CKPT, state)
-            write_record(self.cfg, RUNNING, **self.progress())
+            write_record(self.cfg, RUNNING, **self.progress(), **self.lineage)
 
     def finish(self, status: str, log: Log, **extra) -> dict:
         val = self.evaluate() if status == DONE else None
         fields = {**self.progress(), "final_train_loss": None if status == DIVERGED else self.train_loss,
-                  "final_val_loss": val, **extra}
+                  "final_val_loss": val, **self.lineage, **extra}
         record = (write_record if self.rt.master else run_record)(self.cfg, status, **fields)
         if val is not None:
             log({"step": self.step, "val_loss": val})
@@ -177,8 +193,9 @@ def loop(run: Run, log: Log, stop: StopRequest) -> str:
     return DONE
 
 
-def train(cfg: Config, rt: Runtime, data_dir: Path, ckpt: dict | None, stop: StopRequest) -> dict:
-    """build -> resume -> loop -> finish; returns the run.json record."""
+def train(cfg: Config, rt: Runtime, data_dir: Path, ckpt: dict | None, stop: StopRequest,
+          parent: dict | None = None) -> dict:
+    """build -> resume (or fork) -> loop -> finish; returns the run.json record."""
     out, t = Path(cfg.train.out_dir), cfg.train
     if ckpt is not None and ckpt["step"] >= t.max_iters and read_record(out).get("status") == DONE:
         if rt.master:
@@ -187,14 +204,15 @@ def train(cfg: Config, rt: Runtime, data_dir: Path, ckpt: dict | None, stop: Sto
     if rt.master:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    run = Run(cfg, rt, data_dir, ckpt)
+    run = Run(cfg, rt, data_dir, ckpt, parent)
     log = Log(cfg, rt.master, run.step)
     n_params = sum(p.numel() for p in run.raw.parameters())
     log.say(f"{out}: {n_params / 1e6:.2f}M parameters, {t.max_iters} steps x {run.tokens_per_step:,} tokens"
             f" = {t.max_iters * run.tokens_per_step / 1e6:.1f}M tokens, {rt.world} x {rt.device.type}"
-            + (f"; resuming at step {run.step}" if run.step else ""))
+            + (f"; resuming at step {run.step}" if ckpt is not None else "")
+            + (f"; forked from {t.init_from} at step {run.step}" if parent is not None else ""))
     if rt.master:
-        write_record(cfg, RUNNING, **run.progress())
+        write_record(cfg, RUNNING, **run.progress(), **run.lineage)
     ended = loop(run, log, stop)
     if ended == INTERRUPTED:
         name = stop.signum.name
@@ -240,12 +258,12 @@ def main(argv=None):
     together = False  # every rank reached the end: they may meet at a barrier before leaving
     try:
         try:
-            data_dir, ckpt = check(cfg, rt)
+            data_dir, ckpt, parent = check(cfg, rt)
         except (ConfigError, OSError, ValueError) as e:  # rejected before any compute: nothing written
             sys.exit(f"error: {e}")
         try:
             with StopRequest() as stop:
-                ended = train(cfg, rt, data_dir, ckpt, stop)["status"]
+                ended = train(cfg, rt, data_dir, ckpt, stop, parent)["status"]
             together = True
         except KeyboardInterrupt:
             if rt.master and Path(cfg.train.out_dir).is_dir():

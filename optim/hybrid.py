@@ -70,6 +70,30 @@ class Hybrid:
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state[name])
 
+    def load_param_states(self, state: dict) -> None:
+        """Each parameter's state (moments, momentum, preconditioners) from `state`, another Hybrid's state_dict over
+        the same parameter names and rules, found by name; the hyperparameters stay this optimizer's own (a fork
+        continues its parent's moments at its own lr, betas, ...). Parameters are matched by name, so the
+        parent's param groups may be cut otherwise (another lr ratio merges or splits groups)."""
+        self.load_state_dict({name: by_name(state[name], opt.param_groups) for name, opt in self.optimizers.items()})
+
+
+def by_name(saved: dict, groups: list[dict]) -> dict:
+    """torch.optim's state_dict of the optimizer whose param groups are `groups`, its state taken from `saved` (a
+    state_dict over the same parameter names, grouped in any way) by each group's "names"."""
+    names = [n for g in saved["param_groups"] for n in g["names"]]
+    ids = [i for g in saved["param_groups"] for i in g["params"]]
+    states = {name: saved["state"][i] for name, i in zip(names, ids) if i in saved["state"]}
+    ours = [n for g in groups for n in g["names"]]
+    if sorted(ours) != sorted(names):
+        raise ValueError(f"optimizer state of other parameters: {sorted(set(ours) ^ set(names))[:5]}")
+    param_groups, start = [], 0
+    for g in groups:
+        param_groups.append({**{k: v for k, v in g.items() if k != "params"},
+                             "params": list(range(start, start + len(g["params"])))})
+        start += len(g["params"])
+    return {"state": {i: states[n] for i, n in enumerate(ours) if n in states}, "param_groups": param_groups}
+
 
 # Elements per flat buffer of all_reduce_grads: 256 MiB of float32, a bounded transient for a few collectives.
 REDUCE_BUCKET = 2**26

@@ -70,6 +70,34 @@ def run_config(ckpt: dict) -> Config:
     return from_flat(with_defaults(ckpt["config"]))
 
 
+# What a fork may not change: every key that fixes a parameter's shape or existence.
+SHAPE_KEYS = ("model.n_layer", "model.n_embd", "model.block_size", "model.vocab_size", "model.bias", "model.norm",
+              "model.tie_embeddings")
+
+
+def parent(cfg: Config) -> dict:
+    """The checkpoint that train.init_from names, checked against `cfg` before any compute: same parameter
+    shapes (a differing key is named), the same optimizer when its state is taken, and steps left to train."""
+    t = cfg.train
+    if Path(t.init_from).resolve() == Path(t.out_dir).resolve():
+        raise ConfigError(f"train.init_from={t.init_from} is this run's own train.out_dir: a fork writes a new run"
+                          f" (to continue this one, use train.resume=auto)")
+    ckpt = read(t.init_from)
+    theirs, ours = with_defaults(ckpt["config"]), flat_dict(cfg)
+    changed = [f"{k} (parent {theirs[k]!r}, this run {ours[k]!r})" for k in SHAPE_KEYS if theirs[k] != ours[k]]
+    if changed:
+        raise ConfigError(f"train.init_from={t.init_from}: a fork keeps the parent's shapes, but {', '.join(changed)}"
+                          f" differ")
+    if t.init_from_optim and theirs["optim.name"] != ours["optim.name"]:
+        raise ConfigError(f"train.init_from={t.init_from}: optim.name differs (parent {theirs['optim.name']}, this run"
+                          f" {ours['optim.name']}), so its optimizer state does not fit; set train.init_from_optim=false"
+                          f" to take the weights only")
+    if ckpt["step"] >= t.max_iters:
+        raise ConfigError(f"train.init_from={t.init_from} is at step {ckpt['step']}: a fork continues from there, so"
+                          f" train.max_iters={t.max_iters} must exceed it")
+    return ckpt
+
+
 def save(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

@@ -46,7 +46,8 @@ def record_stop(cfg: Config, status: str, **extra) -> dict:
     """Make run.json say `status` (failed, interrupted), keeping how far the run got: the step a resume
     continues from, as the last checkpoint recorded it."""
     previous = read_record(cfg.train.out_dir)
-    return write_record(cfg, status, **{k: previous.get(k) for k in PROGRESS}, **extra)
+    lineage = {"parent": previous["parent"]} if "parent" in previous else {}
+    return write_record(cfg, status, **{k: previous.get(k) for k in PROGRESS}, **lineage, **extra)
 
 
 def record_failure(cfg: Config, error: str) -> dict:
