@@ -269,3 +269,9 @@ def test_runs_are_launched_longest_first(tmp_path, monkeypatch):
                                  {"model.n_embd": [32], "train.max_iters": [60]}])
     assert launch.launch_sweep(launch.Options(path, tmp_path / "out", workers=1)) == 0
     assert names == ["n_embd=32,max_iters=60", "n_embd=64,max_iters=6", "n_embd=32,max_iters=6"]
+
+
+def test_worker_mode_takes_no_run_arguments(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--worker", "configs/default.yaml"])
+    assert e.value.code == 2 and "--worker takes no other arguments" in capsys.readouterr().err

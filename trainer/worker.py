@@ -68,9 +68,9 @@ def exit_code(main, args: list[str]) -> tuple[int, bool]:
             return e.code or 0, False
         print(e.code, file=sys.stderr)
         return 1, False
-    except KeyboardInterrupt:  # Ctrl-C before train.py's own handling: the sweep is stopping
+    except KeyboardInterrupt:  # Ctrl-C outside train.py's own handling: the interpreter dies of the signal
         traceback.print_exc()
-        return 128 + signal.SIGINT, False
+        return -signal.SIGINT, False
     except BaseException:
         traceback.print_exc()
         return 1, True
