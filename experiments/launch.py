@@ -94,7 +94,7 @@ def plan(o: Options) -> Plan:
 
 def longest_first(runs: list[Run]) -> list[Run]:
     """The runs by estimated cost, largest first, so that a pool's workers finish together rather than one
-    of them starting the longest run last (the CPU-tiny width sweep's twelve n = 256 runs take about half of
+    of them starting the longest run last (the CPU-tiny width sweep's twelve n = 256 runs take two thirds of
     its compute). The cost counts the optimizer's FLOPs too: at tiny widths Muon's Newton-Schulz costs nearly
     as much as the model's forward and backward (80 ms against 2 x 54 ms a step at n = 256)."""
     return sorted(runs, key=lambda run: -(cost.train_flops(run.config)
