@@ -184,6 +184,8 @@ class LogConfig:
     wandb: bool = key(False, "log to Weights & Biases")
     wandb_project: str = key("widthdepth-mup", "wandb project")
     wandb_mode: Literal["offline", "online"] = key("offline", "online needs credentials (wandb login)")
+    wandb_group: str | None = key(None, "wandb group; a sweep sets its directory's name")
+    wandb_name: str | None = key(None, "wandb run name; None: train.out_dir (a sweep sets the run's name)")
     spectral_interval: int = key(0, "spectral diagnostics every this many steps; 0 = off", NON_NEGATIVE)
 
 

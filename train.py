@@ -2,6 +2,7 @@
 
     python train.py [CONFIG.yaml] [key=value ...] [--resume]       (no CONFIG: configs/default.yaml)
     torchrun --nproc_per_node=N train.py CONFIG.yaml [key=value ...]
+    python train.py --worker        (a sweep's worker: runs' arguments on stdin, one run after another)
 
 build (config -> scaling table -> model and optimizer) -> resume -> loop -> finish. Everything that can be
 wrong with the input (config, machine, data, output directory, an existing checkpoint) is checked before the
@@ -33,6 +34,7 @@ from trainer.run_record import (DIVERGED, DONE, INTERRUPTED, RUN_JSON, RUNNING, 
 from trainer.runtime import Runtime, check_data, check_out_dir, check_wandb, compile_blocks
 from trainer.signals import StopRequest
 from trainer.step import evaluate, train_step
+from trainer.worker import serve
 
 STOPPED = "stopped"  # how loop() ends at train.stop_after: the record says running, a resume continues it
 
@@ -224,7 +226,7 @@ def train(cfg: Config, rt: Runtime, data_dir: Path, ckpt: dict | None, stop: Sto
     else:
         result = run.finish(ended, log, **({"diverged_step": run.step} if ended == DIVERGED else {}))
     log.say(f"{ended}: {out / RUN_JSON}")
-    log.close()
+    log.close(result)
     return result
 
 
@@ -236,11 +238,18 @@ def parse_args(argv):
     ap.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]; no CONFIG: configs/default.yaml")
     ap.add_argument("--resume", action="store_true", help="same as train.resume=auto")
     ap.add_argument("--print-scaling", action="store_true", help="print the scaling table and exit")
-    return ap.parse_intermixed_args(argv)
+    ap.add_argument("--worker", action="store_true",
+                    help="train the runs a sweep sends on stdin one after another in this process (trainer/worker.py)")
+    a = ap.parse_intermixed_args(argv)
+    if a.worker and (a.args or a.resume or a.print_scaling):
+        ap.error("--worker takes no other arguments: each run's arguments come on stdin")
+    return a
 
 
 def main(argv=None):
     a = parse_args(argv)
+    if a.worker:
+        return serve(main)
     path, overrides = split_command_line(a.args)
     if a.resume:
         overrides.append("train.resume=auto")

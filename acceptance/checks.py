@@ -30,7 +30,7 @@ from model import GPT
 from mup.scaling import build_model, multipliers
 from optim.hybrid import build_optimizer
 from optim.muon import Muon, newton_schulz
-from trainer.records import METRICS, read_metrics
+from trainer.records import METRICS, read_jsonl
 from trainer.run_record import DONE, read_record
 from trainer.runtime import Runtime
 from trainer.step import train_step
@@ -167,7 +167,7 @@ class Acceptance:
                                           self.timeout(name), env)
         metrics = out_dir / METRICS
         run = {"rc": rc, "text": text, "timed_out": timed_out, "record": read_record(out_dir),
-               "metrics": read_metrics(metrics) if metrics.exists() else []}
+               "metrics": read_jsonl(metrics) if metrics.exists() else []}
         self.runs[name] = run
         return run
 

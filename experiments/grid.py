@@ -31,7 +31,7 @@ from config import KEYS, Config, ConfigError, from_flat, parse_overrides, read_y
 SWEEP_JSON = "sweep.json"  # in a sweep's directory: its plan
 SWEEP_KEYS = ("base", "grid", "overrides", "seeds")
 LOG2 = {"log2_lr": "optim.lr", "log2_wd": "optim.weight_decay"}  # grid shorthands: x stands for key = 2**x
-RESERVED = ("train.out_dir", "train.resume")  # the sweep sets these for every run
+RESERVED = ("train.out_dir", "train.resume", "log.wandb_group", "log.wandb_name")  # the sweep sets these for every run
 SECTIONS = {key.split(".")[0] for key in KEYS}  # top-level keys of a run config
 
 
@@ -56,8 +56,10 @@ def yaml_scalar(value) -> str:
 
 
 def train_args(overrides: dict, run_dir: Path) -> list[str]:
-    """The key=value arguments of one run; its config is exactly what train.py makes of them."""
-    args = {**overrides, "train.out_dir": str(run_dir), "train.resume": "auto"}
+    """The key=value arguments of one run; its config is exactly what train.py makes of them. With log.wandb,
+    the sweep's runs are one wandb group, named after the sweep's directory, each run named as its own."""
+    args = {**overrides, "train.out_dir": str(run_dir), "train.resume": "auto",
+            "log.wandb_group": Path(run_dir).parent.name, "log.wandb_name": Path(run_dir).name}
     return [f"{key}={yaml_scalar(value)}" for key, value in args.items()]
 
 

@@ -3,16 +3,20 @@ experiments/slurm.py) running them, the dry run, and the closing report. scripts
 
 Every run's config is validated before anything starts. A run whose run.json says done or diverged is skipped,
 so launching the same sweep again continues an interrupted one (unfinished runs resume from their
-checkpoints); a finished run made with another config than the sweep now gives is refused, as skipping it
-would mix two configs in one table. A crash is recorded in the run's run.json (status failed, stderr tail) and
-the other runs go on. SIGTERM (or SIGUSR2) stops the sweep: it is passed on to every running train.py, which
-checkpoints and exits (run.json: interrupted), no further run starts, and the sweep exits 143 (128 + the
-signal); Ctrl-C likewise (130). DIR/sweep.json lists every run's overrides, for plot.py.
+checkpoints); a finished run trained with another config than the sweep now gives is refused, as skipping it
+would mix two configs in one table (keys that only change how a run is watched or launched may differ). A crash
+is recorded in the run's run.json (status failed, stderr tail) and the other runs go on. SIGTERM (or SIGUSR2)
+stops the sweep: it is passed on to every running run, which checkpoints and exits (run.json: interrupted), no
+further run starts, and the sweep exits 143 (128 + the signal); Ctrl-C likewise (130). DIR/sweep.json lists
+every run's overrides, for plot.py.
 
 Local workers each get their own GPUs (CUDA_VISIBLE_DEVICES) and an equal share of the CPU threads (of
-OMP_NUM_THREADS if set, else of this process's cores), divided again among a run's torchrun ranks.
+OMP_NUM_THREADS if set, else of this process's cores), divided again among a run's torchrun ranks; each is a
+long-lived process training one run after another (processes.Workers), or with --isolate (and for torchrun's
+runs) starts a process per run (processes.Subprocess). Runs go longest first.
 """
 
+import contextlib
 import dataclasses
 import queue
 import shlex
@@ -24,9 +28,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from config import ConfigError, flat_dict, flatten, validate, with_defaults
-from experiments import cost, processes, slurm
+from config import ConfigError, flatten, validate
+from experiments import cost, processes, scoring, slurm
 from experiments.grid import Run, Sweep, load_sweep, write_plan
+from trainer import checkpoint
 from trainer.run_record import DIVERGED, DONE, FAILED, FINISHED, INTERRUPTED, read_record
 
 BACKENDS = ("local", *slurm.CLUSTERS)
@@ -43,6 +48,8 @@ class Options:
     backend: str = "local"  # one of BACKENDS
     dry_run: bool = False  # validate, print the runs, their GPU-hours and memory; run nothing
     only: list[str] | None = None  # run only these runs of the sweep
+    isolate: bool = False  # local: each run in a train.py process of its own, not in a long-lived worker
+    eval_data: str | None = None  # score every done run's checkpoint on this corpus's val split (evals.jsonl)
     partition: str | None = None  # the submitit backend's Slurm settings, from here on
     account: str | None = None
     time_min: int = 240
@@ -72,19 +79,39 @@ def plan(o: Options) -> Plan:
             validate(run.config, world_size=o.gpus_per_run)
         except ConfigError as e:
             raise ConfigError(f"run {run.name} on {o.gpus_per_run} GPUs: {e}") from None
+    if o.eval_data:
+        scoring.check(runs, o.eval_data)
     recorded = {run.name: read_record(run.dir) for run in runs}
+    # keys that only change how a run is watched or launched (wandb's group and name, intervals) may differ
     stale = [run.name for run in runs if recorded[run.name].get("status") in FINISHED
              and "config" in recorded[run.name]
-             and with_defaults(flatten(recorded[run.name]["config"])) != flat_dict(run.config)]
+             and checkpoint.differences(flatten(recorded[run.name]["config"]), run.config)]
     if stale:  # skipping them would mix results of two different configs in one table
         raise ConfigError(f"{len(stale)} finished runs in {o.out} were made with another config than"
                           f" {o.sweep} now gives (e.g. {stale[0]}); delete them or use another --out")
     return Plan(sweep, runs, [run for run in runs if recorded[run.name].get("status") not in FINISHED])
 
 
+def longest_first(runs: list[Run]) -> list[Run]:
+    """The runs by estimated cost, largest first, so that a pool's workers finish together rather than one
+    of them starting the longest run last (the CPU-tiny width sweep's twelve n = 256 runs take two thirds of
+    its compute). The cost counts the optimizer's FLOPs too: at tiny widths Muon's Newton-Schulz costs nearly
+    as much as the model's forward and backward (80 ms against 2 x 54 ms a step at n = 256)."""
+    return sorted(runs, key=lambda run: -(cost.train_flops(run.config)
+                                          + run.config.train.max_iters * cost.optimizer_flops(run.config)))
+
+
+def executor(sweep: Sweep, o: Options):
+    """The local executor, as a context: Workers for runs of one GPU or the CPU (a run pays for no new process
+    and imports), Subprocess for torchrun's runs or with --isolate."""
+    if o.isolate or o.gpus_per_run > 1:
+        return contextlib.nullcontext(processes.Subprocess(sweep, o.gpus_per_run))
+    return processes.Workers(sweep)
+
+
 def run_local(runs: list[Run], envs: list[dict], children: processes.Children, execute) -> dict:
-    """A thread per worker environment, each launching one run at a time with `execute` (processes.Subprocess).
-    Returns {run name: what processes.launch returned}."""
+    """A thread per worker environment, each launching one run at a time with `execute` (an executor of
+    experiments/processes.py), longest runs first. Returns {run name: what processes.launch returned}."""
     free = queue.SimpleQueue()
     for env in envs:
         free.put(env)
@@ -98,7 +125,7 @@ def run_local(runs: list[Run], envs: list[dict], children: processes.Children, e
 
     statuses = {}
     with ThreadPoolExecutor(len(envs)) as pool, tqdm(total=len(runs), desc="sweep", unit="run") as bar:
-        futures = {pool.submit(job, run): run for run in runs}
+        futures = {pool.submit(job, run): run for run in longest_first(runs)}
         for future in as_completed(futures):
             run, status = futures[future], future.result()
             statuses[run.name] = status
@@ -197,9 +224,12 @@ def launch_sweep(o: Options) -> int:
     try:
         statuses = {}
         if envs:
-            statuses = run_local(p.pending, envs, children, processes.Subprocess(p.sweep, o.gpus_per_run))
+            with executor(p.sweep, o) as execute:
+                statuses = run_local(p.pending, envs, children, execute)
         elif p.pending:
             statuses = slurm.run_submitit(p.sweep, p.pending, o, cluster, children)
+        if o.eval_data and children.signal is None:
+            scoring.score(p.runs, o.eval_data)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -3,11 +3,14 @@ what a run's end means for its run.json, and the GPUs and CPU threads each proce
 
 A run is launched holding DIR/NAME/.lock, so a second launch of the same run (a sweep started again while the
 first one's jobs still run or wait in the Slurm queue) leaves it alone instead of racing it. How the run is
-executed is the executor's business: Subprocess runs `python train.py BASE key=value ...` (torchrun for several
-GPUs) in a process of its own; another executor (e.g. in the sweep's own process) is a class with the same call.
+executed is the executor's business, a class with one call: Workers (the default for runs of one GPU or the
+CPU) hands it to a long-lived worker process that trains one run after another; Subprocess runs `python
+train.py BASE key=value ...` (torchrun for several GPUs) in a process of its own.
 """
 
+import contextlib
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +21,7 @@ import torch
 
 from config import ROOT, ConfigError
 from experiments.grid import Run, Sweep, train_args
+from trainer import worker
 from trainer.run_record import FAILED, FINISHED, INTERRUPTED, read_record, record_failure, remove_record
 
 TRAIN = ROOT / "train.py"
@@ -58,20 +62,28 @@ class Children:
                 for proc in self._procs:
                     proc.send_signal(signal.SIGTERM)  # torchrun passes SIGTERM on to its ranks; not SIGUSR2
 
-    def run(self, cmd: list[str], **popen) -> int | None:
-        """`cmd`'s exit code, or None, without starting it, once the sweep is stopping."""
+    @contextlib.contextmanager
+    def running(self, start):
+        """The process `start()` returns (it starts a process, or hands a run to a worker), receiving the stop
+        signal while in this context; None, without calling `start`, once the sweep is stopping."""
         with self._lock:  # a child started here is in _procs before the next signal is handled
             if self.signal is not None:
-                return None
-            if TORCHRUN in cmd:
-                popen.setdefault("preexec_fn", ignore_sigusr2)
-            proc = subprocess.Popen(cmd, **popen)
+                yield None
+                return
+            proc = start()
             self._procs.add(proc)
         try:
-            return proc.wait()
+            yield proc
         finally:
             with self._lock:
                 self._procs.discard(proc)
+
+    def run(self, cmd: list[str], **popen) -> int | None:
+        """`cmd`'s exit code, or None, without starting it, once the sweep is stopping."""
+        if TORCHRUN in cmd:
+            popen.setdefault("preexec_fn", ignore_sigusr2)
+        with self.running(lambda: subprocess.Popen(cmd, **popen)) as proc:
+            return None if proc is None else proc.wait()
 
 
 class Subprocess:
@@ -96,6 +108,74 @@ class Subprocess:
         with open(run.dir / "stderr.log", "rb") as f:
             f.seek(start)
             return code, f.read().decode(errors="replace")[-STDERR_TAIL:]
+
+
+class Workers:
+    """Executes runs in long-lived worker processes (`python train.py --worker`, trainer/worker.py), one per
+    worker environment, started with it (CUDA_VISIBLE_DEVICES and OMP_NUM_THREADS are read when torch is
+    imported) and each training its runs one after another: a run pays for no interpreter and no imports, and
+    trains bit for bit as `python train.py` would (tests/test_worker.py). Its output goes to the run directory's
+    stdout.log and stderr.log, as with Subprocess. A worker that dies (a segfault, the OOM killer) takes its run
+    down with it, as that run's own process would: the run is recorded failed, and the next run of that
+    environment starts a new worker. Use as a context: leaving it ends the workers."""
+
+    def __init__(self, sweep: Sweep):
+        self.sweep = sweep
+        self._workers = {}  # environment (items) -> its worker's Popen; each environment serves one run at a time
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for proc in self._workers.values():  # end of input: each worker returns once its run is over
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        for proc in self._workers.values():
+            proc.wait()
+        return False
+
+    def process(self, env: dict) -> subprocess.Popen:
+        """`env`'s worker, started (again) if it has none or it has ended."""
+        key = tuple(sorted(env.items()))
+        proc = self._workers.get(key)
+        if proc is None or proc.poll() is not None:
+            proc = self._workers[key] = subprocess.Popen(
+                [sys.executable, str(TRAIN), "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                env={**os.environ, **env})
+        return proc
+
+    def __call__(self, run: Run, env: dict, children: Children) -> tuple[int | None, str]:
+        """(what `python train.py` would have exited with, or the dead worker's exit code; None if the sweep
+        stopped before it started; the tail of what the run wrote to stderr)."""
+        line = worker.request([str(self.sweep.base), *train_args(run.overrides, run.dir)], run.dir)
+
+        def send():
+            proc = self.process(env)
+            try:
+                proc.stdin.write(line)
+                proc.stdin.flush()
+            except BrokenPipeError:  # it ended since we looked; its answer below is the end of its output
+                pass
+            return proc
+
+        with open(run.dir / "stderr.log", "ab") as stderr:
+            start = stderr.tell()
+        with children.running(send) as proc:
+            if proc is None:
+                return None, ""
+            answer = proc.stdout.readline()
+        note = ""
+        if answer:
+            reply = json.loads(answer)
+            code = reply["code"]
+            if reply["retire"]:
+                proc.wait()
+        else:
+            code = proc.wait()
+            note = f"\nthe worker process running it (pid {proc.pid}) died with exit code {code}"
+        with open(run.dir / "stderr.log", "rb") as f:
+            f.seek(start)
+            return code, (f.read().decode(errors="replace") + note)[-STDERR_TAIL:]
 
 
 def record_run_failure(run: Run, error: str) -> None:

@@ -15,8 +15,12 @@ from pathlib import Path
 
 from config import KEYS, check_type, flatten, with_defaults
 from experiments.grid import LOG2, read_plan, run_name
-from trainer.run_record import DONE, FINISHED, RUN_JSON, read_record
-NOT_SETTINGS = ("train.out_dir", "train.seed", "train.resume")  # vary without making a new row or panel
+from trainer.run_record import DONE, FINISHED, RUN_JSON, read_evals, read_record
+
+# Vary without making a new row or panel: where a run is, its seed, how it is logged (log.*: wandb's group and
+# name differ between a sweep's runs).
+NOT_SETTINGS = ("train.out_dir", "train.seed", "train.resume", *(k for k in KEYS if k.startswith("log.")))
+UNSCORED = "unscored"  # the status of a done run that has no loss on the corpus asked for (--eval-data)
 # What a row is, the first of these that the sweep varies: (axis name, row label).
 SIZES = {"model.n_embd": ("width", "n"), "model.n_layer": ("depth", "L"), "train.max_iters": ("horizon", "steps"),
          "train.batch_size": ("batch", "B")}
@@ -50,6 +54,20 @@ def from_record(name: str, record: dict) -> Result:
                   math.nan if loss is None else float(loss))
 
 
+def eval_loss(evals: list[dict], dataset: str, recorded: dict) -> float | None:
+    """The validation loss on `dataset` (its name or directory, as given to --eval-data or scripts/evaluate.py
+    --data) that the run of run.json `recorded` has in its evals.jsonl `evals`: the latest one measured at its
+    final step over its own validation windows (train.eval_windows from train.eval_seed); None if none is."""
+    t = with_defaults(flatten(recorded.get("config", {})))
+
+    def same(line: dict) -> bool:
+        spelled = line.get("dataset") == dataset or Path(line.get("data_dir", "")).resolve() == Path(dataset).resolve()
+        return spelled and (line.get("step"), line.get("windows"), line.get("eval_seed")) == (
+            recorded.get("step"), t["train.eval_windows"], t["train.eval_seed"])
+
+    return next((line["val_loss"] for line in reversed(evals) if same(line)), None)
+
+
 def planned(overrides: dict, recorded: list[tuple[dict, Result]]) -> dict:
     """The settings of a run without a record yet: those of the recorded run most like it (same swept keys,
     most values in common), with its own overrides. Not its base file re-read: that may have moved or
@@ -62,19 +80,32 @@ def planned(overrides: dict, recorded: list[tuple[dict, Result]]) -> dict:
     return {**template, **{k: check_type(k, v, KEYS[k].type) for k, v in overrides.items() if k in KEYS}}
 
 
-def load_results(sweep_dir: Path) -> list[Result]:
+def scored(result: Result, record: dict, run_dir: Path, dataset: str | None) -> Result:
+    """`result` with its loss on `dataset` instead of its final validation loss (eval_loss); a done run
+    without one is UNSCORED, so that its row is provisional, as for a run not done yet."""
+    if dataset is None or result.status != DONE:
+        return result
+    loss = eval_loss(read_evals(run_dir), dataset, record)
+    if loss is None:
+        return dataclasses.replace(result, status=UNSCORED, loss=math.nan)
+    return dataclasses.replace(result, loss=float(loss))
+
+
+def load_results(sweep_dir: Path, eval_data: str | None = None) -> list[Result]:
     """Every run DIR/sweep.json plans, in its order, those without a run.json included; without a
-    sweep.json, every DIR/**/run.json."""
+    sweep.json, every DIR/**/run.json. With `eval_data`, each run's loss is its score on that corpus."""
     sweep_dir = Path(sweep_dir)
     plan = read_plan(sweep_dir)
     if plan is None:
         records = {str(p.parent.relative_to(sweep_dir)): read_record(p.parent) for p in sorted(sweep_dir.rglob(RUN_JSON))}
-        results = [from_record(name, r) for name, r in records.items() if r.get("config")]
+        results = [scored(from_record(name, r), r, sweep_dir / name, eval_data) for name, r in records.items()
+                   if r.get("config")]
         if not results:
             raise ResultsError(f"no run.json under {sweep_dir}")
         return results
     records = {name: read_record(sweep_dir / name) for name in plan}
-    recorded = [(plan[name], from_record(name, r)) for name, r in records.items() if r.get("config")]
+    recorded = [(plan[name], scored(from_record(name, r), r, sweep_dir / name, eval_data))
+                for name, r in records.items() if r.get("config")]
     if not recorded:
         raise ResultsError(f"none of the {len(plan)} runs of {sweep_dir} has a run.json yet")
     results = {result.name: result for _, result in recorded}

@@ -3,8 +3,8 @@ processes, the same path without a cluster).
 
 Each job has --gpus-per-run GPUs and --cpus-per-gpu CPUs per GPU (or --cpus-per-run in all); its run gets them
 all as OMP_NUM_THREADS, which the job's sweep.py divides among the torchrun ranks. A job runs `scripts/sweep.py
-SWEEP --only NAME`, which launches the run's train.py (or torchrun) with train.resume=auto under the run's lock,
-exactly as the local backend does. Jobs are checkpointable: Slurm sends SIGUSR2 120 s (SIGNAL_DELAY_S) before
+SWEEP --isolate --only NAME`, which launches the run's train.py (or torchrun) with train.resume=auto under the
+run's lock, exactly as the local backend does with --isolate (one run: a worker process would save nothing). Jobs are checkpointable: Slurm sends SIGUSR2 120 s (SIGNAL_DELAY_S) before
 the time limit, and at preemption where the cluster is set up to; the run checkpoints and exits, the job
 requeues itself (on a time limit up to 3 times, submitit's default) and the requeued job resumes the run where
 it stopped. submitit is imported only to submit: the local backend and --dry-run run without it.
@@ -120,8 +120,8 @@ def submitit_jobs(sweep: Sweep, runs: list[Run], options, cluster: str) -> tuple
                   gpus_per_node=0 if local else gpus, cpus_per_task=cpus, slurm_partition=options.partition,
                   slurm_account=options.account, slurm_array_parallelism=options.array_parallelism,
                   slurm_signal_delay_s=delay, slurm_srun_args=[f"--cpus-per-task={cpus}"])
-    base = [sys.executable, str(SWEEP_PY), str(sweep.file.resolve()), "--out", str(options.out),
-            "--gpus-per-run", str(gpus), "--workers", "1", "--only"]
+    base = [sys.executable, str(SWEEP_PY), str(sweep.file.resolve()), "--out", str(options.out),  # one run a job:
+            "--gpus-per-run", str(gpus), "--workers", "1", "--isolate", "--only"]  # its own train.py process
     jobs = []
     for run, cuda in zip(runs, slices):
         env = {"OMP_NUM_THREADS": str(cpus)}

@@ -1,4 +1,4 @@
-"""Tables, figure and transfer summary of a sweep: python scripts/plot.py DIR [DIR ...] [--out OUTDIR]
+"""Tables, figure and transfer summary of a sweep: python scripts/plot.py DIR [DIR ...] [--out OUTDIR] [--eval-data DATASET]
 
 Reads DIR/sweep.json's runs and their run.json records (every DIR/**/run.json where there is no sweep.json).
 Runs are grouped into panels by parameterization (and by any other setting the sweep varies besides the ones
@@ -22,6 +22,11 @@ thick; and in summary.json each width's 2-D optimum (`log2_lr`, the y value, `lo
 The spread (max - min over widths/depths of the optimal log2 LR) is the number that says whether the LR
 transfers: the paper's muP width sweep has spread 1, SP's has 3. On an unfinished sweep the script lists the
 runs that are not done; a row with any of them has a provisional optimum, left out of the spread.
+
+--eval-data DATASET puts each run's loss on a second corpus in place of the final validation loss: the one
+`sweep.py --eval-data DATASET` recorded in the run's evals.jsonl (at its final step, on its own validation
+windows); a done run without one counts as not finished. Default OUTDIR: DIR/eval_NAME (NAME: DATASET's
+last path component).
 """
 
 import argparse
@@ -47,14 +52,17 @@ Y_HEADROOM = 3.0  # the figure shows losses up to the best one + this; exploded 
 LISTED = 20  # unfinished runs listed by name; the rest are counted
 
 
-def report_unfinished(results: list) -> None:
-    """Say which runs are not done yet, so that a table with holes is not read as a finished sweep."""
+def report_unfinished(results: list, eval_data: str | None = None) -> None:
+    """Say which runs are not done (or not scored on `eval_data`) yet, so that a table with holes is not read as
+    a finished sweep."""
     pending = unfinished(results)
     count = sum(map(len, pending.values()))
     if not count:
         return
-    print(f"the sweep is not finished: {count} of {len(results)} runs are not done (NaN in the tables; their"
-          f" rows' optima are provisional and left out of the spread); the same sweep.py command runs them:")
+    scored = f" or scored on {eval_data}" if eval_data else ""
+    print(f"the sweep is not finished: {count} of {len(results)} runs are not done{scored} (NaN in the tables;"
+          f" their rows' optima are provisional and left out of the spread); the same sweep.py command"
+          f"{f' with --eval-data {eval_data}' if eval_data else ''} runs them:")
     listed = [(status, name) for status, names in pending.items() for name in names]
     for status, name in listed[:LISTED]:
         print(f"  {status:<12} {name}")
@@ -91,7 +99,7 @@ def csv(rows: list[list[str]]) -> str:
     return "".join(",".join(row) + "\n" for row in rows)
 
 
-def figure(panels: dict, summary: dict, size: str, x_name: str) -> plt.Figure:
+def figure(panels: dict, summary: dict, size: str, x_name: str, loss_label: str) -> plt.Figure:
     sizes = sorted({n for rows in panels.values() for n in rows})
     colors = dict(zip(sizes, plt.cm.viridis(np.linspace(0, 0.9, len(sizes)))))
     fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), sharey=True, squeeze=False)
@@ -109,7 +117,7 @@ def figure(panels: dict, summary: dict, size: str, x_name: str) -> plt.Figure:
         ax.set_title(", ".join([TITLES.get(head, head), *rest]))
         ax.set_xlabel(f"log$_2$ {'learning rate' if x_name == 'log2_lr' else 'weight decay'}")
         ax.grid(alpha=0.3)
-    axs[0][0].set_ylabel("final validation loss")
+    axs[0][0].set_ylabel(loss_label)
     if finite:
         lo = min(finite)
         axs[0][0].set_ylim(lo - 0.1, min(max(finite), lo + Y_HEADROOM) + 0.1)
@@ -118,7 +126,7 @@ def figure(panels: dict, summary: dict, size: str, x_name: str) -> plt.Figure:
     return fig
 
 
-def heatmaps(panels: dict, summary: dict, size: str, x_name: str, y_label: str) -> plt.Figure:
+def heatmaps(panels: dict, summary: dict, size: str, x_name: str, y_label: str, loss_label: str) -> plt.Figure:
     """A heatmap per panel (rows of the figure) and width/depth (columns): final loss over (log2 x, y), the
     best x of each y line boxed thin, the optimum boxed thick (dashed where provisional), diverged or missing
     cells grey. The colour scale is shared and ends Y_HEADROOM above the best loss."""
@@ -170,7 +178,7 @@ def heatmaps(panels: dict, summary: dict, size: str, x_name: str, y_label: str) 
                            fontsize=8, ha="left", va="bottom")
     fig.tight_layout()
     if image is not None:
-        fig.colorbar(image, ax=axs.ravel().tolist(), label="final validation loss", shrink=0.9)
+        fig.colorbar(image, ax=axs.ravel().tolist(), label=loss_label, shrink=0.9)
     return fig
 
 
@@ -199,23 +207,27 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dir", type=Path, nargs="+", help="a sweep directory (scripts/sweep.py --out); several are"
                     " plotted as one sweep (e.g. an SP and a muP sweep of the same model), with --out")
-    ap.add_argument("--out", type=Path, help="where tables, figure and summary.json go (default: DIR)")
+    ap.add_argument("--out", type=Path, help="where tables, figure and summary.json go (default: DIR, or"
+                    " DIR/eval_NAME with --eval-data)")
+    ap.add_argument("--eval-data", metavar="DATASET", help="the loss on DATASET's val split that sweep.py --eval-data"
+                    " DATASET recorded (evals.jsonl), instead of the final validation loss")
     args = ap.parse_args(argv)
     if len(args.dir) > 1 and args.out is None:
         ap.error("several sweep directories need --out")
     try:
-        results = [r for d in args.dir for r in load_results(d)]
+        results = [r for d in args.dir for r in load_results(d, args.eval_data)]
         size, x, y, panel_keys = grid_axes(results)
     except ResultsError as e:
         sys.exit(f"plot error: {e}")
-    report_unfinished(results)
+    report_unfinished(results, args.eval_data)
     x_name = X_NAMES[x]
     axis, row_label = SIZES[size]
     panels = panel_rows(results, size, x, panel_keys, y)
-    out = args.out or args.dir[0]
+    out = args.out or (args.dir[0] / f"eval_{Path(args.eval_data).name}" if args.eval_data else args.dir[0])
+    loss_label = f"validation loss on {args.eval_data}" if args.eval_data else "final validation loss"
     out.mkdir(parents=True, exist_ok=True)
     if y is not None:
-        plot_2d(panels, size, x_name, y_name(y), out)
+        plot_2d(panels, size, x_name, y_name(y), out, loss_label)
         return
     summary = summarize(panels, axis, x_name)
     for label, rows in panels.items():
@@ -224,14 +236,14 @@ def main(argv=None) -> None:
         write_text(out / f"table_{label}.csv", csv(table))
         print(describe(label, axis, row_label, x_name, summary[label]))
     write_json(out / "summary.json", summary)
-    fig = figure(panels, summary, size, x_name)
+    fig = figure(panels, summary, size, x_name, loss_label)
     for ext in ("png", "pdf"):
         with atomic_path(out / f"{x_name.removeprefix('log2_')}_sweep.{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=150)
     print(f"wrote tables, {x_name.removeprefix('log2_')}_sweep.png/.pdf and summary.json to {out}")
 
 
-def plot_2d(panels: dict, size: str, x_name: str, y_label: str, out: Path) -> None:
+def plot_2d(panels: dict, size: str, x_name: str, y_label: str, out: Path, loss_label: str) -> None:
     axis, row_label = SIZES[size]
     summary = summarize_2d(panels, axis, x_name, y_label)
     for label, rows in panels.items():
@@ -240,7 +252,7 @@ def plot_2d(panels: dict, size: str, x_name: str, y_label: str, out: Path) -> No
         write_text(out / f"table_{label}.csv", csv(table))
         print(describe_2d(label, axis, row_label, x_name, y_label, summary[label]))
     write_json(out / "summary.json", summary)
-    fig = heatmaps(panels, summary, size, x_name, y_label)
+    fig = heatmaps(panels, summary, size, x_name, y_label, loss_label)
     stem = f"{x_name.removeprefix('log2_')}_{y_label.removeprefix('log2_')}_sweep"
     for ext in ("png", "pdf"):
         with atomic_path(out / f"{stem}.{ext}") as tmp:

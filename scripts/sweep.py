@@ -2,10 +2,12 @@
 
 A sweep file is a `base:` run config, a `grid:` of keys -> lists, optional `overrides:` and `seeds:`
 (experiments/grid.py). Each run is `python train.py BASE key=value ... train.out_dir=DIR/NAME
-train.resume=auto` in a process of its own; running the same command again skips finished runs and resumes
-the others (experiments/launch.py; one run's process: experiments/processes.py). --dry-run prints the runs,
-their GPU-hours and estimated peak GPU memory, and starts nothing. --backend slurm submits one checkpointable
-job per run (experiments/slurm.py); --backend local-submitit runs the same jobs as local processes.
+train.resume=auto`, trained by one of --workers long-lived worker processes that train their runs one after
+another (--isolate, or --gpus-per-run > 1: a process per run); running the same command again skips finished
+runs and resumes the others (experiments/launch.py; one run: experiments/processes.py). --dry-run prints the
+runs, their GPU-hours and estimated peak GPU memory, and starts nothing. --backend slurm submits one
+checkpointable job per run (experiments/slurm.py); --backend local-submitit runs the same jobs as local
+processes. --eval-data DATASET scores every done run on a second corpus (experiments/scoring.py).
 """
 
 import argparse
@@ -41,6 +43,12 @@ def parse_args(argv=None) -> Options:
     ap.add_argument("--dry-run", action="store_true",
                     help="validate, print the runs, their GPU-hours and estimated peak GPU memory, run nothing")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these runs of the sweep")
+    ap.add_argument("--isolate", action="store_true",
+                    help="local: each run in a train.py process of its own (default: long-lived worker processes,"
+                         " each training its runs one after another; runs of several GPUs always get their own)")
+    ap.add_argument("--eval-data", metavar="DATASET",
+                    help="then score every done run's checkpoint on DATASET's val split (a corpus name or a"
+                         " prepared directory), appended to its evals.jsonl; plot.py --eval-data tabulates it")
     slurm = ap.add_argument_group("slurm")
     slurm.add_argument("--partition")
     slurm.add_argument("--account")

@@ -151,3 +151,33 @@ def test_a_directory_without_runs_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="plot error: no run.json under"):
         plot.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "plots")])
     assert not (tmp_path / "plots").exists()
+
+
+def test_eval_data_tabulates_each_runs_score_on_that_corpus(tmp_path, capsys):
+    """With --eval-data the cells are each run's loss on that corpus, from the evals.jsonl line measured at its
+    final step on its own validation windows (not a line of another corpus, step or window count); a done run
+    without one is listed and leaves its row provisional. The final validation losses are left alone."""
+    index, scores = {}, {(32, -7): 3.3, (32, -6): 3.1, (64, -7): 3.0, (64, -6): None}
+    for (n, x), score in scores.items():
+        name, index[name] = write_run(tmp_path, {"model.n_embd": n, "log2_lr": x}, 2.0 - x / 10)  # best: -6
+        record = json.loads((tmp_path / name / "run.json").read_text())
+        record["step"] = record["config"]["train"]["max_iters"]
+        (tmp_path / name / "run.json").write_text(json.dumps(record))
+        line = {"step": record["step"], "dataset": "other", "data_dir": "/data/other", "windows": 160, "eval_seed": 0}
+        lines = [{**line, "dataset": "third", "data_dir": "/data/third", "val_loss": 1.0},
+                 {**line, "step": 100, "val_loss": 1.0}, {**line, "windows": 8, "val_loss": 1.0}]
+        if score is not None:
+            lines.insert(1, {**line, "val_loss": score})
+        (tmp_path / name / "evals.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    write_index(tmp_path, index)
+    plot.main([str(tmp_path), "--eval-data", "other"])
+    out = tmp_path / "eval_other"
+    assert (out / "table_mup.csv").read_text() == "n,-7,-6\n32,3.300,3.100\n64,3.000,NaN\n"
+    summary = json.loads((out / "summary.json").read_text())["mup"]
+    assert summary["optima"]["64"] == {"log2_lr": -7, "loss": 3.0, "provisional": True, "unfinished": [-6]}
+    printed = capsys.readouterr().out
+    assert "1 of 4 runs are not done or scored on other" in printed and "unscored     n_embd=64,log2_lr=-6" in printed
+    plot.main([str(tmp_path), "--eval-data", "/data/third"])  # the corpus's directory names it too
+    assert (tmp_path / "eval_third" / "table_mup.csv").read_text() == "n,-7,-6\n32,1.000,1.000\n64,1.000,1.000\n"
+    plot.main([str(tmp_path)])
+    assert (tmp_path / "table_mup.csv").read_text() == "n,-7,-6\n32,2.700,2.600\n64,2.700,2.600\n"

@@ -47,7 +47,7 @@ def test_a_job_is_checkpointable_and_requeues_the_same_command(tmp_path):
     job = jobs[0]
     run = s.runs[0]
     assert job.cmd == [*SWEEP_PY, str(s.file), "--out", str(tmp_path / "out"), "--gpus-per-run", "1",
-                       "--workers", "1", "--only", run.name]
+                       "--workers", "1", "--isolate", "--only", run.name]
     # submitit pickles the job with cloudpickle, by value: the job process need not import this repository
     cloudpickle.register_pickle_by_value(slurm)
     clone = cloudpickle.loads(cloudpickle.dumps(job))

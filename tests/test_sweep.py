@@ -125,7 +125,7 @@ def test_rerun_launches_only_unfinished_runs(tmp_path, launches):
         (out / name).mkdir(parents=True)
         (out / name / "run.json").write_text(json.dumps({"status": state}))
     assert sweep.main([str(path), "--out", str(out)]) == 0
-    assert launches == ["n_embd=96", "n_embd=128", "n_embd=160", "n_embd=192"]
+    assert launches == ["n_embd=192", "n_embd=160", "n_embd=128", "n_embd=96"]  # longest first
     assert sweep.main([str(path), "--out", str(out)]) == 0
     assert len(launches) == 4
     assert list(json.loads((out / "sweep.json").read_text())["runs"]) == [f"n_embd={n}" for n in range(32, 193, 32)]
@@ -155,7 +155,7 @@ def test_a_run_another_process_is_running_is_left_alone(tmp_path, monkeypatch, c
 
 
 def test_failure_and_divergence_are_recorded_and_the_rest_run(tmp_path, tiny_corpus, monkeypatch):
-    """Real train.py processes: one trains, one diverges, one crashes on its missing data directory."""
+    """Real runs (in a worker): one trains, one diverges, one crashes on its missing data directory."""
     g = [{"data.dataset": [str(tiny_corpus)], "log2_lr": [-7, 20]},
          {"data.dataset": [str(tmp_path / "missing")], "log2_lr": [-7]}]
     overrides = {**TINY_SWEEP, "optim.warmup_iters": 0, "optim.grad_clip": 0.0, "train.max_iters": 8,
@@ -174,10 +174,10 @@ def test_failure_and_divergence_are_recorded_and_the_rest_run(tmp_path, tiny_cor
     relaunched = []
     monkeypatch.setattr(processes, "launch",
                         lambda run, env, children, execute: relaunched.append(execute.command(run)) or "failed")
-    sweep.main([str(path), "--out", str(out)])
+    sweep.main([str(path), "--out", str(out), "--isolate"])  # a process per run: its command line to read
     (cmd,) = relaunched  # only the failed run goes again, resuming from its checkpoint if it has one
     assert cmd[1:3] == [str(ROOT / "train.py"), str(ROOT / "configs" / "default.yaml")]
-    assert f"train.out_dir={runs[2].dir}" in cmd and cmd[-1] == "train.resume=auto"
+    assert f"train.out_dir={runs[2].dir}" in cmd and "train.resume=auto" in cmd
 
 
 def logged_steps(run_dir, after=0):
@@ -385,3 +385,61 @@ def test_finished_runs_of_another_config_are_refused_but_an_older_version_of_the
     (run.dir / "run.json").write_text(json.dumps(record))
     assert sweep.main([str(path), "--out", str(out)]) != 0
     assert launches == ["n_embd=32", "n_embd=64"]  # nothing relaunched
+
+
+def test_a_finished_run_is_kept_whatever_its_watching_and_launching_keys_say(tmp_path, launches):
+    """Keys that do not change what is trained (wandb's group and name, absent from older records; intervals)
+    may differ between a finished run's record and the sweep: the run is kept, not refused as stale."""
+    path = write_sweep(tmp_path / "s.yaml", {"model.n_embd": [32]}, {"model.head_dim": 32})
+    out = tmp_path / "out"
+    (run,) = grid.load_sweep(path, out).runs
+    record = {"status": "done", "config": to_dict(run.config)}
+    del record["config"]["log"]["wandb_group"], record["config"]["log"]["wandb_name"]  # written before they existed
+    record["config"]["train"]["log_interval"] = 7
+    run.dir.mkdir(parents=True)
+    (run.dir / "run.json").write_text(json.dumps(record))
+    assert sweep.main([str(path), "--out", str(out)]) == 0 and launches == []
+
+
+def test_eval_data_scores_every_done_run_once(tmp_path, tiny_corpus, capsys):
+    """Real runs, then each done run's checkpoint scored on a second corpus, as scripts/evaluate.py measures
+    it; a diverged run is not scored, and running the sweep again scores nothing twice."""
+    from data.prepare import prepare
+    from trainer.saved import evaluate_run
+
+    prose = tmp_path / "prose.txt"
+    prose.write_text("\n\n".join(["Plain English prose, unlike the Python the runs saw. " * 40] * 10))
+    other = prepare("files", out=tmp_path / "other", tokenizer="bytes", inputs=[str(prose)], val_fraction=0.5,
+                    num_proc=1)
+    overrides = {**TINY_SWEEP, "data.dataset": str(tiny_corpus), "optim.warmup_iters": 0, "optim.grad_clip": 0.0}
+    path = write_sweep(tmp_path / "s.yaml", {"log2_lr": [-7, 20]}, overrides)
+    out = tmp_path / "out"
+    args = [str(path), "--out", str(out), "--workers", "1", "--eval-data", str(other)]
+    assert sweep.main(args) == 0
+    done, diverged = grid.load_sweep(path, out).runs
+    assert status(diverged.dir)["status"] == "diverged" and not (diverged.dir / "evals.jsonl").exists()
+    (line,) = map(json.loads, (done.dir / "evals.jsonl").read_text().splitlines())
+    assert line == evaluate_run(done.dir, str(other))
+    assert line["step"] == TINY_SWEEP["train.max_iters"] and line["val_loss"] != status(done.dir)["final_val_loss"]
+    assert "1 runs scored, 0 scored before" in capsys.readouterr().out
+    assert sweep.main(args) == 0
+    assert len((done.dir / "evals.jsonl").read_text().splitlines()) == 1
+    assert "0 runs scored, 1 scored before" in capsys.readouterr().out
+
+
+def test_eval_data_the_runs_cannot_read_is_refused_before_anything_runs(tmp_path, launches, capsys):
+    from data.prepare import prepare
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(["Some text to tokenize. " * 100] * 4))
+    gpt2 = prepare("files", out=tmp_path / "gpt2", tokenizer="gpt2", inputs=[str(text)], val_fraction=0.5, num_proc=1)
+    path = write_sweep(tmp_path / "s.yaml", {"log2_lr": [-7]}, TINY_SWEEP)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    for dataset, message in ((tmp_path / "missing", "missing does not exist"),
+                             (gpt2, "smaller than the data's vocabulary (50257, gpt2)")):
+        assert sweep.main([str(path), "--out", str(out), "--eval-data", str(dataset)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"sweep error: --eval-data {dataset}: ") and message in err
+        assert len(err.strip().splitlines()) == 1
+    assert launches == [] and not out.exists()

@@ -9,10 +9,12 @@ from atomic import write_text
 from config import Config, to_dict
 
 METRICS = "metrics.jsonl"
+SUMMARY = ("status", "step", "final_train_loss", "final_val_loss")  # run.json's fields in the wandb run's summary
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl's records; a last line torn by a kill in mid-write is dropped."""
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file (metrics.jsonl, evals.jsonl); a line torn by a kill in mid-write is
+    dropped."""
     records = []
     for line in path.read_text().splitlines():
         try:
@@ -33,14 +35,16 @@ class Log:
         if not master:
             return
         if self.path.exists():  # drop what a killed run wrote after its last checkpoint (and a torn line)
-            kept = [r for r in read_metrics(self.path) if r["step"] <= start_step]
+            kept = [r for r in read_jsonl(self.path) if r["step"] <= start_step]
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         if cfg.log.wandb:
             import wandb
 
             run_id = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:16]  # one wandb run per out_dir
+            # the config once, when the run starts: a resume may only change free keys (trainer/checkpoint.py)
             self.wandb = wandb.init(project=cfg.log.wandb_project, mode=cfg.log.wandb_mode, dir=str(out),
-                                    name=str(out), config=to_dict(cfg), id=run_id, resume="allow")
+                                    group=cfg.log.wandb_group, name=cfg.log.wandb_name or str(out),
+                                    config=to_dict(cfg) if start_step == 0 else None, id=run_id, resume="allow")
 
     def say(self, text: str) -> None:
         if self.master:
@@ -60,8 +64,10 @@ class Log:
         if self.wandb is not None:
             self.wandb.log(record, step=record["step"])
 
-    def close(self) -> None:
+    def close(self, record: dict) -> None:
+        """End the wandb run with run.json's status and final losses in its summary."""
         if self.wandb is not None:
+            self.wandb.summary.update({k: record.get(k) for k in SUMMARY})
             self.wandb.finish()
 
 

@@ -1,14 +1,17 @@
 """run.json: a run's status and final numbers, the record that sweeps, plots and transfer read. Its file name,
 its statuses and its fields are declared here and nowhere else; train.py writes it, everything else reads it
-through read_record. No torch here, so that summarizing records is quick wherever they are copied to."""
+through read_record. Beside it, evals.jsonl: the run's losses measured afterwards on any corpus
+(trainer/saved.py). No torch here, so that summarizing records is quick wherever they are copied to."""
 
 import json
 from pathlib import Path
 
 from atomic import write_json
 from config import Config, to_dict
+from trainer.records import read_jsonl
 
 RUN_JSON = "run.json"
+EVALS = "evals.jsonl"  # one JSON line per measurement of scripts/evaluate.py or a sweep's --eval-data
 DONE, DIVERGED, RUNNING, INTERRUPTED, FAILED = "done", "diverged", "running", "interrupted", "failed"
 STATUSES = (DONE, DIVERGED, RUNNING, INTERRUPTED, FAILED)
 # done | diverged: finished, a sweep keeps it; running | interrupted | failed: resumable from `step`.
@@ -29,6 +32,12 @@ def read_record(out_dir) -> dict:
         return json.loads((Path(out_dir) / RUN_JSON).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def read_evals(out_dir) -> list[dict]:
+    """The records of `out_dir`'s evals.jsonl, oldest first; [] if there is none."""
+    path = Path(out_dir) / EVALS
+    return read_jsonl(path) if path.is_file() else []
 
 
 def write_record(cfg: Config, status: str, **fields) -> dict:

@@ -9,10 +9,9 @@ from data.loader import FixedWindows
 from model import GPT
 from mup.scaling import multipliers
 from trainer import checkpoint
+from trainer.run_record import EVALS
 from trainer.runtime import Runtime, check_data
 from trainer.step import evaluate
-
-EVALS = "evals.jsonl"  # in a run directory: one record per scripts/evaluate.py measurement
 
 
 def load(run_dir, device: str | None = None) -> tuple[Config, GPT, Runtime, dict]:
