@@ -121,7 +121,9 @@ class Workers:
 
     def __init__(self, sweep: Sweep):
         self.sweep = sweep
-        self._workers = {}  # environment (items) -> its worker's Popen; each environment serves one run at a time
+        # id of a slot's environment dict (run_local hands each slot its own) -> its worker's Popen, one run at a
+        # time: by identity, since on CPU every slot's environment is equal and each still needs its own worker
+        self._workers = {}
 
     def __enter__(self):
         return self
@@ -136,7 +138,7 @@ class Workers:
 
     def process(self, env: dict) -> subprocess.Popen:
         """`env`'s worker, started (again) if it has none or it has ended."""
-        key = tuple(sorted(env.items()))
+        key = id(env)
         proc = self._workers.get(key)
         if proc is None or proc.poll() is not None:
             proc = self._workers[key] = subprocess.Popen(
