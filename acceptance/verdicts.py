@@ -114,9 +114,9 @@ def judge_optimizers(results: dict, ratio_limit: float = 1.5) -> tuple[bool, str
             problems.append(f"{name}: {r['graphs_later']} graph(s) compiled after the first step")
         if ratio > ratio_limit:
             problems.append(f"{name}: peak {r['peak_gib']:.3g} GiB, {ratio:.2f} x the estimate")
-    first = sum(r["graphs_first_step"] for r in results.values())
+    first, later = (sum(r[k] for r in results.values()) for k in ("graphs_first_step", "graphs_later"))
     text = (f"{len(results)} optimizers, loss first->last and peak / estimate: " + ", ".join(found)
-            + f"; {first} graph(s) compiled in all, none after a first step")
+            + f"; graphs compiled at first steps {first}, after them {later}")
     return not problems, text if not problems else f"{text}; " + "; ".join(problems)
 
 
