@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="CPU smoke mode: the same checks at tiny shapes")
     ap.add_argument("--out", help="where the runs and logs go (default out/acceptance, out/acceptance-smoke)")
     ap.add_argument("--only", help=f"comma-separated checks of: {','.join(CHECKS)}")
-    ap.add_argument("--budget", type=float, default=600, help="seconds for all checks (default 600)")
+    ap.add_argument("--budget", type=float, default=900, help="seconds for all checks (default 900)")
     ap.add_argument("--min-mfu", type=float, default=0.05, help="throughput fails below this MFU (default 0.05)")
     ap.add_argument("--no-record", action="store_true", help="do not append to bench/results.jsonl")
     args = ap.parse_args(argv)

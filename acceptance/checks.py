@@ -20,8 +20,8 @@ import torch
 
 import perf
 from acceptance.memory import RandomBatches, largest_run
-from acceptance.verdicts import (compare_runs, count_recompiles, finite, judge_memory, judge_run, judge_throughput,
-                                 window_rates)
+from acceptance.verdicts import (compare_runs, count_recompiles, finite, judge_memory, judge_optimizers, judge_run,
+                                 judge_split, judge_throughput, window_rates)
 from bench.common import print_table
 from config import ROOT, load_config
 from data.format import default_dir
@@ -29,7 +29,7 @@ from data.loader import open_dataset
 from model import GPT
 from mup.scaling import build_model, multipliers
 from optim.hybrid import build_optimizer
-from optim.muon import Muon, newton_schulz
+from optim.muon import Muon, newton_schulz, newton_schulz_batched
 from trainer.records import METRICS, read_jsonl
 from trainer.run_record import DONE, read_record
 from trainer.runtime import Runtime
@@ -37,7 +37,9 @@ from trainer.step import train_step
 
 BASE_CONFIG = "configs/owt_base.yaml"
 SWEEPS = {"memory-width": "configs/sweeps/width.yaml", "memory-depth": "configs/sweeps/depth.yaml"}
-CHECKS = ("device", "data", "optimizer", "train", "throughput", "ddp", "recompiles", "memory-width", "memory-depth")
+CHECKS = ("device", "data", "optimizer", "optimizers", "split", "train", "throughput", "ddp", "recompiles",
+          "memory-width", "memory-depth")
+DDP_RUN = {"model.activation_checkpointing": True}  # the ddp run's own: recomputing blocks, compiled, under DDP
 
 
 @dataclass
@@ -51,25 +53,30 @@ class Mode:
     micro: int  # their micro-batch; the global batch is micro x world x ceil(8 / world)
     min_drop: float  # nats the train loss must fall from the first log window to the last
     loss_tol: float  # largest |difference| of a logged loss between the one-process and the DDP run
+    optimizer_steps: int  # steps of each optimizer in the optimizers check
+    split_tol: float  # largest difference of split from unsplit weights, over the largest update (0: bitwise)
     timeouts: dict  # seconds, per check that runs a subprocess
     memory: dict = field(default_factory=dict)  # check -> overrides of the sweep's largest run (smoke: tiny)
 
 
 GPU = Mode(
-    smoke=False, device="cuda", tokenizer="gpt2", micro=30, min_drop=1.0, loss_tol=0.05,
+    smoke=False, device="cuda", tokenizer="gpt2", micro=30, min_drop=1.0, loss_tol=0.05, optimizer_steps=8,
+    split_tol=0.01,
     run={"data.dataset": "stdlib", "data.tokenizer": "gpt2", "train.max_iters": 60, "optim.warmup_iters": 10,
          "train.log_interval": 10, "train.eval_interval": 20, "train.eval_windows": 48, "train.ckpt_interval": 1000,
          "train.device": "cuda", "train.dtype": "auto", "train.compile": True},
-    timeouts={"data": 180, "train": 300, "ddp": 300, "memory": 180})
+    timeouts={"data": 180, "optimizers": 300, "split": 180, "train": 300, "ddp": 300, "memory": 180})
 
 SMOKE_MODEL = {"model.block_size": 64, "model.vocab_size": 256, "data.tokenizer": "bytes", "train.device": "cpu",
-               "train.dtype": "bfloat16", "optim.ns_dtype": "bfloat16", "train.micro_batch_size": 4}
+               "train.dtype": "bfloat16", "optim.ns_dtype": "bfloat16", "optim.ns_batched": True,
+               "train.micro_batch_size": 4}  # bf16 and batched Newton-Schulz: what CUDA takes by default
 SMOKE = Mode(
-    smoke=True, device="cpu", tokenizer="bytes", micro=4, min_drop=0.5, loss_tol=0.05,
+    smoke=True, device="cpu", tokenizer="bytes", micro=4, min_drop=0.5, loss_tol=0.05, optimizer_steps=6,
+    split_tol=0.0,
     run={**SMOKE_MODEL, "data.dataset": "stdlib", "model.n_embd": 64, "model.head_dim": 16, "model.n_layer": 2,
          "train.max_iters": 12, "optim.warmup_iters": 3, "train.log_interval": 3, "train.eval_interval": 6,
          "train.eval_windows": 16, "train.ckpt_interval": 1000, "train.compile": True},
-    timeouts={"data": 120, "train": 240, "ddp": 240, "memory": 120},
+    timeouts={"data": 120, "optimizers": 240, "split": 180, "train": 240, "ddp": 240, "memory": 120},
     memory={"memory-width": {**SMOKE_MODEL, "model.n_embd": 128, "model.head_dim": 32, "model.n_layer": 4},
             "memory-depth": {**SMOKE_MODEL, "model.n_embd": 32, "model.head_dim": 16, "model.n_layer": 16}})
 
@@ -153,23 +160,35 @@ class Acceptance:
         world = max(self.world, 1)
         return self.mode.micro * world * -(-8 // world)
 
-    def train_args(self, out_dir: Path) -> list[str]:
+    def train_args(self, out_dir: Path, extra: dict | None = None) -> list[str]:
         run = {**self.mode.run, "train.micro_batch_size": self.mode.micro, "train.batch_size": self.batch(),
-               "train.out_dir": str(out_dir)}
+               "train.out_dir": str(out_dir), **(extra or {})}
         return [BASE_CONFIG, *(f"{k}={v}" for k, v in run.items())]
 
-    def train_run(self, name: str, launcher: list[str]) -> dict:
+    def train_run(self, name: str, launcher: list[str], extra: dict | None = None) -> dict:
         out_dir = self.out / name
         shutil.rmtree(out_dir, ignore_errors=True)  # this tool's own run directory from a previous time
         trace = os.environ.get("TORCH_LOGS")
         env = {"TORCH_LOGS": f"{trace},recompiles" if trace else "recompiles", "PYTHONUNBUFFERED": "1"}
-        rc, text, timed_out = run_command([*launcher, "train.py", *self.train_args(out_dir)], self.out / f"{name}.log",
-                                          self.timeout(name), env)
+        rc, text, timed_out = run_command([*launcher, "train.py", *self.train_args(out_dir, extra)],
+                                          self.out / f"{name}.log", self.timeout(name), env)
         metrics = out_dir / METRICS
         run = {"rc": rc, "text": text, "timed_out": timed_out, "record": read_record(out_dir),
                "metrics": read_jsonl(metrics) if metrics.exists() else []}
         self.runs[name] = run
         return run
+
+    def worker(self, check: str, cmd: list[str], limit: str | None = None) -> tuple[dict | None, str]:
+        """Run `check`'s worker, which prints RESULT {json}, within the timeout of `limit` (default: `check`):
+        (that json, or None with why)."""
+        rc, text, timed_out = run_command(cmd, self.out / f"{check}.log", self.timeout(limit or check))
+        result = next((json.loads(ln[len("RESULT "):]) for ln in text.splitlines() if ln.startswith("RESULT ")), None)
+        if timed_out or rc != 0 or result is None:
+            return None, f"worker {'timed out' if timed_out else f'exit code {rc}'}: {tail(text)}"
+        return result, ""
+
+    def torchrun(self) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.world}"]
 
     def failed_run(self, run: dict) -> str | None:
         if run["timed_out"]:
@@ -258,9 +277,11 @@ class Acceptance:
             if fused != want_fused:
                 problems.append(f"AdamW fused={fused} on {rt.device.type}")
         for o in muon:
-            found.append(f"Muon ns_dtype={str(o.ns_dtype).removeprefix('torch.')}")
+            found.append(f"Muon ns_dtype={str(o.ns_dtype).removeprefix('torch.')} ns_batched={o.ns_batched}")
             if o.ns_dtype != torch.bfloat16:
                 problems.append(f"Muon's Newton-Schulz in {o.ns_dtype}, not bfloat16")
+            if not o.ns_batched:
+                problems.append("Muon's Newton-Schulz is not batched")
         if not adamw or not muon:
             problems.append(f"expected AdamW and Muon, got {sorted(opt.optimizers)}")
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -281,12 +302,39 @@ class Acceptance:
             found.append(f"bf16 vs fp32 Newton-Schulz rel. error {err:.2g} on {tuple(g.shape)}")
             if not err < 0.05:
                 problems.append("bf16 Newton-Schulz differs from float32")
+            # the batched iteration over every matrix of that shape against the per-matrix one, in Muon's dtype
+            stack = [muon[0].state[p]["momentum_buffer"] for gr in muon[0].param_groups for p in gr["params"]
+                     if p.shape == g.shape]
+            batched = newton_schulz_batched(torch.stack(stack), *args, muon[0].ns_dtype).float()
+            err = max(((b - newton_schulz(m, *args, muon[0].ns_dtype).float()).norm() / b.norm()).item()
+                      for b, m in zip(batched, stack))
+            found.append(f"batched vs per-matrix Newton-Schulz rel. error {err:.2g} over {len(stack)} matrices")
+            if not err < 0.05:
+                problems.append("batched Newton-Schulz differs from the per-matrix one")
         del model, opt, before
         if rt.device.type == "cuda":
             torch.cuda.empty_cache()  # leave the GPU to the runs that follow
         text = (f"{cfg.model.n_embd}x{cfg.model.n_layer} on {rt.device.type}: " + ", ".join(found)
                 + f"; one step: loss {loss:.3f}" + ("" if unmoved else ", every tensor moved"))
         return not problems, text if not problems else f"{text}; " + "; ".join(problems)
+
+    def check_optimizers(self):
+        if not self.mode.smoke and not torch.cuda.is_available():
+            raise Skip("needs CUDA")
+        overrides = {**self.mode.run, "train.micro_batch_size": self.mode.micro, "train.batch_size": self.mode.micro}
+        result, why = self.worker("optimizers", [sys.executable, "-m", "acceptance.optimizers", BASE_CONFIG,
+                                                 json.dumps(overrides), str(self.mode.optimizer_steps)])
+        return (False, why) if result is None else judge_optimizers(result)
+
+    def check_split(self):
+        if not self.mode.smoke and not torch.cuda.is_available():
+            raise Skip("needs CUDA")
+        if self.world < 2:
+            raise Skip(f"{self.gpus} GPU visible: a split needs 2 or more (see CUDA_VISIBLE_DEVICES)")
+        overrides = {**self.mode.run, "train.micro_batch_size": 2, "train.batch_size": 2 * self.world}
+        result, why = self.worker("split", [*self.torchrun(), "-m", "acceptance.split", BASE_CONFIG,
+                                            json.dumps(overrides)])
+        return (False, why) if result is None else judge_split(result, self.mode.split_tol)
 
     def check_train(self):
         if not self.mode.smoke and not torch.cuda.is_available():
@@ -329,14 +377,13 @@ class Acceptance:
             raise Skip("needs CUDA")
         if self.world < 2:
             raise Skip(f"{self.gpus} GPU visible: DDP needs 2 or more (see CUDA_VISIBLE_DEVICES)")
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.world}"]
-        run = self.train_run("ddp", launcher)
+        run = self.train_run("ddp", self.torchrun(), DDP_RUN)
         backend = "gloo" if self.mode.device == "cpu" else "NCCL"
         bad = self.failed_run(run)
         if bad:
             return False, f"{self.world} x {backend}: {bad}"
         ok, text = judge_run(run["record"], run["metrics"], self.mode.run["train.max_iters"], self.mode.min_drop)
-        text = f"{self.world} x {self.mode.device} ({backend}): {text}"
+        text = f"{self.world} x {self.mode.device} ({backend}, activation checkpointing): {text}"
         one = self.runs.get("train")
         if not ok:
             return False, text
@@ -357,12 +404,9 @@ class Acceptance:
         overrides = {**run.overrides, **self.mode.memory.get(check, {})}
         overrides |= {"train.device": self.mode.device, "train.compile": False,
                       "train.batch_size": overrides.get("train.micro_batch_size", run.config.train.micro_batch_size)}
-        cmd = [sys.executable, "-m", "acceptance.memory", str(base), json.dumps(overrides)]
-        rc, text, timed_out = run_command(cmd, self.out / f"{check}.log", self.timeout("memory"))
-        result = next((json.loads(ln[len("RESULT "):]) for ln in text.splitlines() if ln.startswith("RESULT ")), None)
-        if timed_out or rc != 0 or result is None:
-            return False, f"worker {'timed out' if timed_out else f'exit code {rc}'}: {tail(text)}"
-        return judge_memory(result, result["limit_gib"])
+        result, why = self.worker(check, [sys.executable, "-m", "acceptance.memory", str(base), json.dumps(overrides)],
+                                  "memory")
+        return (False, why) if result is None else judge_memory(result, result["limit_gib"])
 
     # -- running them
 

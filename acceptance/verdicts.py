@@ -99,3 +99,38 @@ def judge_memory(r: dict, limit_gib: float, ratio_limit: float = 1.5) -> tuple[b
 def count_recompiles(text: str) -> int:
     return sum(RECOMPILE in line for line in text.splitlines())
 
+
+
+def judge_optimizers(results: dict, ratio_limit: float = 1.5) -> tuple[bool, str]:
+    """The optimizers worker's result: every optimizer's losses finite and falling, no graph compiled after the
+    first step, and its peak memory within `ratio_limit` x experiments.cost's estimate."""
+    found, problems = [], []
+    for name, r in results.items():
+        losses, ratio = r["losses"], r["peak_gib"] / r["estimate_gib"]
+        found.append(f"{name} {losses[0]:.2f}->{losses[-1]:.2f} {ratio:.2f}x")
+        if not all(finite(v) for v in losses) or not losses[-1] < losses[0]:
+            problems.append(f"{name}: loss {losses[0]:.4g} -> {losses[-1]:.4g}")
+        if r["graphs_later"]:
+            problems.append(f"{name}: {r['graphs_later']} graph(s) compiled after the first step")
+        if ratio > ratio_limit:
+            problems.append(f"{name}: peak {r['peak_gib']:.3g} GiB, {ratio:.2f} x the estimate")
+    first, later = (sum(r[k] for r in results.values()) for k in ("graphs_first_step", "graphs_later"))
+    text = (f"{len(results)} optimizers, loss first->last and peak / estimate: " + ", ".join(found)
+            + f"; graphs compiled at first steps {first}, after them {later}")
+    return not problems, text if not problems else f"{text}; " + "; ".join(problems)
+
+
+def judge_split(result: dict, tol: float) -> tuple[bool, str]:
+    """The split worker's result: on every rank, the split optimizer's weights equal the unsplit one's, or differ
+    by at most `tol` x the largest update."""
+    found, problems = [], []
+    for name, r in result["optimizers"].items():
+        rel = r["max_diff"] / r["max_update"] if r["max_update"] else math.inf
+        found.append(f"{name} " + ("bitwise" if r["unequal"] == 0 else f"{r['unequal']}/{r['tensors']} differ, "
+                                                                        f"{rel:.2g} of the update"))
+        if r["unequal"] and not rel <= tol:
+            problems.append(f"{name}: differs by {rel:.2g} of the largest update, above {tol}")
+        if not r["max_update"] > 0:
+            problems.append(f"{name}: the weights did not move")
+    text = f"{result['world']} ranks, split vs every rank stepping every matrix, 3 steps: " + ", ".join(found)
+    return not problems, text if not problems else f"{text}; " + "; ".join(problems)

@@ -80,3 +80,22 @@ def losses(out) -> dict:
     return {r["step"]: r["train_loss"] for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines())
             if "train_loss" in r}
 
+
+def same(a, b) -> bool:
+    """Equal bit for bit, through the lists and dicts of an optimizer's state."""
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for rule in a:
+        assert a[rule]["param_groups"] == b[rule]["param_groups"], rule
+        assert a[rule]["state"].keys() == b[rule]["state"].keys(), rule
+        for i, s in a[rule]["state"].items():
+            assert same(s, b[rule]["state"][i]), (rule, i)

@@ -14,8 +14,10 @@ from acceptance import checks
 from acceptance.__main__ import main
 from acceptance.checks import CHECKS
 from acceptance.memory import largest_run
-from acceptance.verdicts import compare_runs, count_recompiles, judge_memory, judge_run, judge_throughput
+from acceptance.verdicts import (compare_runs, count_recompiles, judge_memory, judge_optimizers, judge_run,
+                                 judge_split, judge_throughput)
 from config import load_config, split_command_line, validate
+from optim import registry
 
 H100 = 989e12
 
@@ -27,13 +29,18 @@ def verdicts(stdout: str) -> dict:
 
 
 def test_smoke_mode_passes_every_check(tmp_path):
+    """Every check on CPU (about 3 minutes on one thread): each optimizer, the split against one rank, DDP with
+    activation checkpointing under compile, batched Newton-Schulz, memory against the estimate."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, "-m", "acceptance", "--smoke", "--out", str(tmp_path)], env=env,
-                         capture_output=True, text=True, timeout=420)
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert verdicts(res.stdout) == dict.fromkeys(CHECKS, "PASS"), res.stdout[-4000:]
     assert res.stdout.rstrip().endswith("ACCEPTED")
     assert (tmp_path / "train" / "run.json").exists() and (tmp_path / "ddp" / "run.json").exists()
+    ddp = load_config(str(tmp_path / "ddp" / "config.yaml"))
+    assert ddp.model.activation_checkpointing and ddp.train.compile and ddp.optim.ns_batched
+    assert "bitwise" in res.stdout and all(f"{name} " in res.stdout for name in registry.OPTIMIZERS)
 
 
 def test_a_failing_check_fails_the_run_and_the_others_still_run(tmp_path, monkeypatch, capsys):
@@ -59,10 +66,10 @@ def test_the_optimizer_check_passes_unbroken(tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA answers")
 def test_gpu_mode_without_cuda_fails_the_device_and_skips_what_needs_it(tmp_path, capsys):
-    assert main(["--only", "device,optimizer,train,ddp,memory-width", "--out", str(tmp_path)]) == 1
+    assert main(["--only", "device,optimizer,optimizers,split,train,ddp,memory-width", "--out", str(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert verdicts(out) == {"device": "FAIL", "optimizer": "SKIP", "train": "SKIP", "ddp": "SKIP",
-                             "memory-width": "SKIP"}
+    assert verdicts(out) == {"device": "FAIL", "optimizer": "SKIP", "optimizers": "SKIP", "split": "SKIP",
+                             "train": "SKIP", "ddp": "SKIP", "memory-width": "SKIP"}
     assert "use --smoke" in out
     # skipped checks alone do not fail it
     assert main(["--only", "optimizer", "--out", str(tmp_path)]) == 0
@@ -134,6 +141,34 @@ def test_judge_memory():
     assert not judge_memory({**r, "peak_gib": 40.0}, 71)[0]  # 1.56 x the estimate the configs are sized with
     assert not judge_memory({**r, "losses": [10.9, math.nan]}, 71)[0]
     assert not judge_memory({**r, "oom": "CUDA out of memory", "card_gib": 39.5}, 71)[0]
+
+
+def family(first=5.7, last=4.0, later=0, peak=1.0, estimate=1.0):
+    return {"losses": [first, 5.0, last], "graphs_first_step": 1, "graphs_later": later, "peak_gib": peak,
+            "estimate_gib": estimate}
+
+
+def test_judge_optimizers():
+    assert judge_optimizers({"adamw": family(), "sgd": family(peak=1.4)})[0]
+    assert not judge_optimizers({"adamw": family(), "sgd": family(last=5.8)})[0]  # its loss did not fall
+    assert not judge_optimizers({"adamw": family(last=math.nan)})[0]
+    ok, text = judge_optimizers({"adamw": family(later=1)})
+    assert not ok and "compiled after the first step" in text
+    ok, text = judge_optimizers({"soap": family(peak=1.6)})
+    assert not ok and "1.60 x the estimate" in text
+
+
+def test_judge_split():
+    def result(**r):
+        return {"world": 2, "optimizers": {"muon": {"tensors": 36, "unequal": 0, "max_diff": 0.0, "max_update": 0.01,
+                                                    **r}}}
+
+    assert judge_split(result(), 0.0) == (True, "2 ranks, split vs every rank stepping every matrix, 3 steps: "
+                                                "muon bitwise")
+    assert not judge_split(result(unequal=3, max_diff=1e-6), 0.0)[0]  # on CPU: bit for bit or nothing
+    assert judge_split(result(unequal=3, max_diff=5e-5), 0.01)[0]  # on GPUs: 0.5% of the update
+    assert not judge_split(result(unequal=3, max_diff=5e-4), 0.01)[0]
+    assert not judge_split(result(max_update=0.0), 0.01)[0]  # nothing moved: nothing compared
 
 
 def test_count_recompiles():

@@ -138,3 +138,26 @@ def test_torchrun_is_started_with_sigusr2_ignored_and_its_ranks_inherit_it(tmp_p
         assert children.run(cmd, stdout=f, stderr=subprocess.STDOUT) == 0, out.read_text()
     assert out.read_text().splitlines()[-1] == "True", out.read_text()
     assert signal.getsignal(signal.SIGUSR2) != signal.SIG_IGN  # this process is left as it was
+
+
+def test_the_slurm_recipe_for_torchrun_passes_sigusr2_on():
+    """docs/running.md's torchrun line parses with torch's own argument parser, names SIGUSR2 among the signals
+    torchrun handles and passes on (Slurm's --signal=USR2 would otherwise kill torchrun), waits for the ranks'
+    checkpoint, and starts train.py with a valid config."""
+    import shlex
+
+    from torch.distributed.run import get_args_parser
+
+    from config import load_config, split_command_line
+
+    line = next(ln for ln in (ROOT / "docs" / "running.md").read_text().splitlines()
+                if ln.startswith("srun ") and " torchrun " in ln)
+    words = shlex.split(line)
+    args = get_args_parser().parse_args(words[words.index("torchrun") + 1:])
+    handled = args.signals_to_handle.split(",")
+    assert "SIGUSR2" in handled and all(hasattr(signal.Signals, s) for s in handled)
+    assert {"SIGTERM", "SIGINT"} <= set(handled)  # torchrun's defaults kept
+    assert args.shutdown_timeout >= 60
+    assert args.training_script == "train.py"
+    path, overrides = split_command_line(args.training_script_args)
+    assert load_config(path, overrides).train.resume == "auto"

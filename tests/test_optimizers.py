@@ -284,7 +284,7 @@ def train(model, opt, cfg, steps, start=0):
     return losses
 
 
-@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("name", list(registry.OPTIMIZERS))
 def test_state_dict_round_trip_is_bitwise(name, tmp_path):
     """2 steps, save, load into a fresh model and optimizer, 2 more == 4 straight steps, bit for bit; the
     intervals are 2, so preconditioner refreshes and Hessian estimates fall on both sides of the save."""

@@ -16,7 +16,8 @@ import train
 from config import load_config
 from data.loader import FixedWindows
 from mup.scaling import build_model
-from tests.conftest import TINY_RUN, overrides, tree_digest
+from optim import registry
+from tests.conftest import TINY_RUN, assert_same_state, losses, overrides, tree_digest
 from trainer.runtime import Runtime
 from trainer.step import evaluate
 
@@ -154,6 +155,103 @@ def test_final_numbers_do_not_depend_on_where_the_run_stopped(tmp_path, tiny_cor
     resumed = run(tmp_path / "split", tiny_corpus, **common, **{"train.resume": "auto"})
     assert resumed["final_train_loss"] == straight["final_train_loss"]
     assert resumed["final_val_loss"] == straight["final_val_loss"]
+
+
+# --- every optimizer: stopped and resumed, and on two processes --------------------------------------------
+
+EVERY = {**TINY_RUN, "train.batch_size": 8, "train.micro_batch_size": 4, "train.max_iters": 4,
+         "train.ckpt_interval": 100, "optim.weight_decay": 0.1}
+
+
+def every(name, data) -> dict:
+    """A 4-step run of optimizer `name` with its refresh intervals at 2 (preconditioners, eigenbases, Sophia's
+    Hessian estimates fall on both sides of a stop at step 3)."""
+    intervals = {f"optim.{k}": 2 for k in ("precondition_interval", "hessian_interval") if registry.reads(name, k)}
+    return {**EVERY, "data.dataset": data, "optim.name": name, **intervals}
+
+
+@pytest.fixture(scope="module")
+def straight_runs(tmp_path_factory, tiny_corpus):
+    """{optimizer: directory} of each optimizer's straight one-process run, made once for the tests below."""
+    root, made = tmp_path_factory.mktemp("straight"), {}
+
+    def get(name):
+        if name not in made:
+            run(root / name, tiny_corpus, **every(name, tiny_corpus))
+            made[name] = root / name
+        return made[name]
+
+    return get
+
+
+def checkpoint_of(out) -> dict:
+    return torch.load(out / "ckpt.pt", weights_only=True)
+
+
+def assert_same_weights_and_state(a: dict, b: dict):
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert_same_state(a["optim"], b["optim"])
+
+
+@pytest.mark.parametrize("name", list(registry.OPTIMIZERS))
+def test_every_optimizer_resumes_bitwise(tmp_path, tiny_corpus, straight_runs, name):
+    """Stopped after step 3 of 4 and resumed from its checkpoint: every logged loss, the final val loss, the
+    weights and the optimizer state are the straight run's bit for bit."""
+    straight = straight_runs(name)
+    common = every(name, tiny_corpus)
+    run(tmp_path / "r", tiny_corpus, **common, **{"train.stop_after": 3})
+    resumed = run(tmp_path / "r", tiny_corpus, **common, **{"train.resume": "auto"})
+    assert losses(tmp_path / "r") == losses(straight)
+    assert resumed["final_val_loss"] == json.loads((straight / "run.json").read_text())["final_val_loss"]
+    assert_same_weights_and_state(checkpoint_of(tmp_path / "r"), checkpoint_of(straight))
+
+
+def train_on_ranks(rank, world, runs):
+    """train.main on rank `rank` of `world` for each (overrides, port) of `runs`, as torchrun would start it."""
+    torch.set_num_threads(1)
+    for argv, port in runs:
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))
+        train.main(argv)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory, tiny_corpus):
+    """{optimizer: directory} of each optimizer's run on 2 gloo processes (micro-batch 4 each), all in one pair
+    of spawned processes: Python and torch start once for every optimizer."""
+    import torch.multiprocessing as mp
+
+    root = tmp_path_factory.mktemp("two")
+    runs = [(overrides({**every(name, tiny_corpus), "train.out_dir": root / name}), free_port())
+            for name in registry.OPTIMIZERS]
+    mp.spawn(train_on_ranks, args=(2, runs), nprocs=2)
+    return {name: root / name for name in registry.OPTIMIZERS}
+
+
+@pytest.mark.parametrize("name", list(registry.OPTIMIZERS))
+def test_every_optimizer_trains_the_same_on_two_processes_as_on_one(straight_runs, two_process_runs, name):
+    """2 gloo processes with one micro-batch of 4 each against 1 process with two: the weights, the optimizer
+    state (the matrix optimizers split across the ranks, optim/split.py; Sophia's curvature pass too) and every
+    logged train loss are bit for bit equal. Exact because one process's two micro-batch gradients, each of
+    the loss halved, add up to DDP's halved sum of the two ranks' gradients (halving is exact, and a sum of
+    two is the same in either order); Sophia's estimate likewise sums two halves. The val loss is not: each
+    rank takes every other window, so its micro-batches group other windows into their float32 mean loss
+    (SOAP's: 3.2407040596 on 1 process, 3.2407039404 on 2, the same weights). With more than 2 ranks the
+    all-reduce's order of summation would make the weights differ by rounding too."""
+    one, two = straight_runs(name), two_process_runs[name]
+    assert losses(two) == losses(one)
+    assert_same_weights_and_state(checkpoint_of(two), checkpoint_of(one))
+    final = [json.loads((d / "run.json").read_text())["final_val_loss"] for d in (one, two)]
+    assert final[0] == pytest.approx(final[1], rel=1e-6)
 
 
 # --- signals ---------------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from optim import registry
 from optim.hybrid import build_optimizer
 from optim.split import Split, assign, padding
 from bench.common import gloo
-from tests.conftest import TINY_RUN, losses, overrides, tiny, tokens
+from tests.conftest import TINY_RUN, assert_same_state, losses, overrides, tiny, tokens
 
-MATRIX = ["muon_kimi", "muon", "shampoo", "soap", "sso"]
+MATRIX = [name for name, o in registry.OPTIMIZERS.items() if o.hidden != o.other]  # split across ranks
 
 
 def hidden_matrices(cfg):
@@ -112,26 +112,6 @@ def split_matches_unsplit(rank, world, name, out):
     steps(resumed_model, resumed, cfg, 3, 2)
     for (n, a), b in zip(model.named_parameters(), resumed_model.parameters()):
         assert torch.equal(a, b), n
-
-
-def same(a, b) -> bool:
-    """Equal bit for bit, through the lists and dicts of an optimizer's state."""
-    if torch.is_tensor(a):
-        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    return a == b
-
-
-def assert_same_state(a, b):
-    assert a.keys() == b.keys()
-    for rule in a:
-        assert a[rule]["param_groups"] == b[rule]["param_groups"], rule
-        assert a[rule]["state"].keys() == b[rule]["state"].keys(), rule
-        for i, s in a[rule]["state"].items():
-            assert same(s, b[rule]["state"][i]), (rule, i)
 
 
 @pytest.mark.parametrize("name", MATRIX)
