@@ -108,8 +108,9 @@ class OptimConfig:
     weight_decay: float = key(0.0, "lambda_base: decoupled weight decay at the base shape", NON_NEGATIVE)
     eps: float = key(1e-16, "epsilon_base of AdamW (the AdamW half too) and Sophia at the base shape, scaled by"
                             " Table B's row", NON_NEGATIVE)
-    matrix_eps: float | None = key(None, f"own: epsilon_base of the hidden matrices' Shampoo or SOAP, scaled by its"
-                                         f" row; {OWN}", POSITIVE)
+    matrix_eps: float | None = key(None, f"own: epsilon_base of the hidden matrices' Shampoo (relative to each"
+                                         f" statistic's largest eigenvalue) or SOAP, scaled by its row; {OWN}",
+                                   POSITIVE)
     betas: list[float] | None = key(None, f"own: (beta1, beta2) of every Adam-type, Lion or Sophia moment of the run;"
                                           f" {OWN}", Bound(0, True, 1))
     momentum: float = key(0.95, "momentum of Muon, SSO and SGD", NON_NEGATIVE)

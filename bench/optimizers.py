@@ -3,9 +3,12 @@
 Two numbers per optim.name, explained by what its preconditioner does:
 - the optimizer step's time (after one backward; interleaved rounds, median), against AdamW's: element-wise
   optimizers cost O(params) per step; Muon adds 5 Newton-Schulz iterations per hidden matrix (4m^2 n + 2m^3
-  FLOPs each for m <= n); Shampoo an eigendecomposition of both statistics of every hidden matrix per step
-  (O(out^3 + in^3), float64); SOAP one of each every precondition_interval steps plus two rotations per step;
-  SSO Muon's orthogonalization plus a power iteration and a bisection for its multiplier;
+  FLOPs each for m <= n); Shampoo, at its default interval k = 100, a step that reuses its kept roots (two
+  products with them and a 20-step power iteration scaling the step to <= lr), and on the row "shampoo k=1" a
+  step that refreshes them (an eigendecomposition of both statistics of every hidden matrix, float32 at the base
+  depth, O(out^3 + in^3)): a run pays one refresh every k steps; SOAP one eigendecomposition of each every
+  precondition_interval steps plus two rotations per step; SSO Muon's orthogonalization plus a power iteration
+  and a bisection for its multiplier;
 - the optimizer state kept between steps (bytes of the tensors in its state_dict), against the count
   experiments.cost.optimizer_bytes makes from the shapes alone (what the memory estimate of a run uses).
 The model's forward and backward are the same for every optimizer and are not timed.
@@ -38,9 +41,13 @@ def state_bytes(opt) -> int:
     return walk(opt.state_dict())
 
 
-def candidate(name: str):
-    """A model with gradients and a closure taking one optimizer step of `name` on them."""
-    model, opt = build(OVERRIDES | {"optim.name": name})
+# Rows besides one per optim.name: Shampoo refreshing its roots at every step (Algorithm 1), what a refresh costs
+VARIANTS = {"shampoo": {"shampoo k=1": {"optim.precondition_interval": 1}}}
+
+
+def candidate(overrides: dict):
+    """A model with gradients and a closure taking one optimizer step under `overrides` on them."""
+    model, opt = build(OVERRIDES | overrides)
     x, y = random_batch(VOCAB, BATCH, SEQ)
     model(x, y)[1].backward()
     grads = {p: p.grad.clone() for p in model.parameters()}
@@ -61,15 +68,19 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = ["adamw", *[n for n in args.only if n != "adamw"]]
-    built = {name: candidate(name) for name in names}
-    times = interleaved({name: step for name, (_, step) in built.items()}, args.rounds, args.reps, args.warmup)
+    rows_of = {}
+    for name in names:
+        rows_of |= {name: {"optim.name": name}}
+        rows_of |= {label: {"optim.name": name, **over} for label, over in VARIANTS.get(name, {}).items()}
+    built = {label: candidate(over) for label, over in rows_of.items()}
+    times = interleaved({label: step for label, (_, step) in built.items()}, args.rounds, args.reps, args.warmup)
     cfg = load_config(None, OVERRIDES)
     counts = cost.parameter_counts(dataclasses.astuple(cfg.model))
     rows = []
-    for name, (opt, _) in built.items():
-        state, _ = cost.optimizer_bytes(load_config(None, OVERRIDES | {"optim.name": name}))
-        rows.append({"optim.name": name, "step ms median (IQR)": ms(times[name]),
-                     "vs AdamW": times[name]["median"] / times["adamw"]["median"],
+    for label, (opt, _) in built.items():
+        state, _ = cost.optimizer_bytes(load_config(None, OVERRIDES | rows_of[label]))
+        rows.append({"optim.name": label, "step ms median (IQR)": ms(times[label]),
+                     "vs AdamW": times[label]["median"] / times["adamw"]["median"],
                      "state MiB": state_bytes(opt) / 2**20,
                      "vs AdamW state": state_bytes(opt) / state_bytes(built["adamw"][0]),
                      "estimated state MiB": state / 2**20})

@@ -44,10 +44,14 @@ OPTIMIZERS = {
     # the paper's Muon-AdamW runs give the AdamW half eta / 10
     "muon": Optimizer("muon", "adamw", "Muon (original lr scaling) for hidden matrices, AdamW at eta/10 for the rest",
                       {**ADAMW_HALF, "adamw_lr_ratio": 0.1}),
-    # Shampoo-AdamW as the paper's v2 runs it: the Muon-AdamW setting, AdamW half at eta / 10
+    # Shampoo-AdamW as the paper's v2 runs it: the Muon-AdamW setting, AdamW half at eta / 10. eps relative to each
+    # statistic's largest eigenvalue, 1e-5 (optim/shampoo.py: an absolute one is steered by rounding, 63-212 lr in
+    # one step). Roots every 100 steps: precondition_frequency=100 in every example of Meta's distributed Shampoo
+    # README (facebookresearch/optimizers; its default, like Google's preconditioning_compute_steps, is 1, Algorithm
+    # 1); stale steps scaled to <= lr
     "shampoo": Optimizer("shampoo", "adamw", "Shampoo (Gupta et al. 2018, Algorithm 1) for hidden matrices, AdamW at"
-                         " eta/10 for the rest", {**ADAMW_HALF, "adamw_lr_ratio": 0.1, "matrix_eps": 1e-12,
-                                                  "precondition_interval": 1}),
+                         " eta/10 for the rest", {**ADAMW_HALF, "adamw_lr_ratio": 0.1, "matrix_eps": 1e-5,
+                                                  "precondition_interval": 100}),
     # SOAP's paper (Vyas et al. 2024): beta = (0.95, 0.95), eps 1e-8, eigenbases every 10 steps; every side of the
     # paper's widths preconditioned (the MLP's 4n = 16384 at n = 4096; pytorch_optimizer's 10,000 would stop at 2,500)
     "soap": Optimizer("soap", "adamw", "SOAP (Vyas et al. 2024: Adam in Shampoo's eigenbasis) for hidden matrices,"
@@ -131,9 +135,11 @@ def shampoo_bytes(shape, o) -> int:
 
 
 def shampoo_flops(shape, o) -> float:
-    """G G^T and G^T G, L^(-1/4) G R^(-1/4), and both roots every precondition_interval steps."""
+    """G G^T and G^T G, L^(-1/4) G R^(-1/4), both roots every precondition_interval steps, and on the steps between
+    the stale step's power iteration (optim/shampoo.py POWER_ITERS = 20 products with it and its transpose)."""
     r, c = sides(shape)
-    return 4 * r * c * (r + c) + (eigh_flops(r) + eigh_flops(c) + 2 * (r**3 + c**3)) / o.precondition_interval
+    k = o.precondition_interval
+    return 4 * r * c * (r + c) + (eigh_flops(r) + eigh_flops(c) + 2 * (r**3 + c**3)) / k + (k - 1) / k * 80 * r * c
 
 
 def shampoo_workspace(shape, o) -> int:

@@ -15,6 +15,7 @@ from experiments.coord import split_sweep
 from mup.scaling import build_model
 from optim import registry
 from optim.hybrid import build_optimizer
+from optim import shampoo
 from optim.shampoo import Shampoo
 from optim.sophia import SophiaG
 from optim.sso import NS_COEFFICIENTS, SSO
@@ -89,36 +90,139 @@ def test_sophia_matches_the_paper():
     np.testing.assert_allclose(p.detach().double().numpy(), w, rtol=1e-5, atol=1e-7)
 
 
-# ---- Shampoo (Gupta et al. 2018, Algorithm 1): L += G G^T, R += G^T G from eps I; w -= lr L^-1/4 G R^-1/4
+# ---- Shampoo (Gupta et al. 2018, Algorithm 1): L += G G^T, R += G^T G; w -= lr (L + e I)^-1/4 G (R + e I)^-1/4 with
+#      e = eps x the statistic's largest eigenvalue; roots at steps 1, 1 + k, ...; a step with kept roots divided
+#      by max(1, its spectral norm)
 
 def inv_root(a, eps):
-    s, q = np.linalg.eigh(a + eps * np.eye(len(a)))
-    return q @ np.diag(s**-0.25) @ q.T
+    s, q = np.linalg.eigh(a)
+    s = np.maximum(s, 0)
+    return q @ np.diag((s + eps * s[-1]) ** -0.25) @ q.T
 
 
+@pytest.mark.parametrize("eps", [1e-3, 1e-7], ids=["float32-eigh", "float64-eigh"])
 @pytest.mark.parametrize("interval", [1, 2])
-def test_shampoo_matches_the_paper(interval):
-    lr, wd, eps = 0.02, 0.1, 1e-3
+def test_shampoo_matches_the_paper(interval, eps):
+    lr, wd = 0.02, 0.1
     p0 = rand(5, 3, seed=0)
-    grads = [[rand(5, 3, seed=s)] for s in range(1, 4)]
+    g1, g2 = rand(5, 3, seed=1), rand(5, 3, seed=2)
+    # step 2 points where step 1's statistics have not looked, step 4 where steps 1-3's have
+    grads = [[g1], [g2], [rand(5, 3, seed=3)], [0.1 * (g1 + g2)]]
     got, _ = run_torch(Shampoo, [p0], grads, [{"lr": lr, "weight_decay": wd, "eps": eps}],
                        precondition_interval=interval)
-    w, L, R = p0.copy(), np.zeros((5, 5)), np.zeros((3, 3))
+    w, L, R, stale_norms = p0.copy(), np.zeros((5, 5)), np.zeros((3, 3)), []
     for t, (g,) in enumerate(grads):
         L, R = L + g @ g.T, R + g.T @ g
-        if t % interval == 0:  # roots at steps 1, 1 + k, ...
+        if t % interval == 0:
             Lr, Rr = inv_root(L, eps), inv_root(R, eps)
-        w = w * (1 - lr * wd) - lr * Lr @ g @ Rr
+            u = Lr @ g @ Rr
+        else:
+            u = Lr @ g @ Rr
+            stale_norms.append(np.linalg.norm(u, 2))
+            u = u / max(1.0, stale_norms[-1])
+        w = w * (1 - lr * wd) - lr * u
+    if interval == 2:  # step 2 (new directions) was scaled down, step 4 not
+        assert stale_norms[0] > 1 > stale_norms[1], stale_norms
     np.testing.assert_allclose(got[0], w, rtol=1e-5, atol=1e-6)
 
 
 def test_shampoo_first_step_is_orthogonal_and_eps_must_be_positive():
-    """With one gradient and eps -> 0, (G G^T)^-1/4 G (G^T G)^-1/4 = U V^T: every singular value is 1."""
+    """With one gradient and eps -> 0, (G G^T)^-1/4 G (G^T G)^-1/4 = U V^T: every singular value is 1. A zero
+    gradient steps nowhere (its statistics are zero, their roots finite)."""
     p0, g = rand(6, 4, seed=0), rand(6, 4, seed=1)
     got, _ = run_torch(Shampoo, [p0], [[g]], [{"lr": 1.0, "eps": 1e-12}])
     np.testing.assert_allclose(np.linalg.svd(p0 - got[0], compute_uv=False), 1.0, rtol=1e-4)
+    got, _ = run_torch(Shampoo, [p0], [[0 * g], [0 * g]], [{"lr": 1.0}], precondition_interval=2)
+    np.testing.assert_array_equal(got[0], p0.astype(np.float32))
     with pytest.raises(ValueError, match="eps > 0"):
         Shampoo([torch.nn.Parameter(torch.zeros(2, 2))], eps=0.0)
+
+
+def low_rank(m, n, rank, dtype, seed, scale=1.0):
+    """A rank-`rank` gradient formed as a product in `dtype` (float32, or bf16 as under autocast): its tail
+    singular values are rounding noise, which an eps that the eigendecomposition cannot resolve amplifies."""
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(m, rank, generator=g), torch.randn(rank, n, generator=g)
+    return scale * (a.to(dtype) @ b.to(dtype)).float()
+
+
+def step_norms(grads, eps, interval=1) -> list[float]:
+    """||dW||_2 / lr of each step of Shampoo (no weight decay) over `grads`."""
+    p = torch.nn.Parameter(torch.zeros(grads[0].shape))
+    opt = Shampoo([p], lr=1.0, eps=eps, precondition_interval=interval)
+    norms = []
+    for g in grads:
+        before = p.detach().clone()
+        p.grad = g
+        opt.step()
+        norms.append(torch.linalg.matrix_norm((p.detach() - before).double(), 2).item())
+    return norms
+
+
+# Shampoo's own eps at the base depth (a float32 eigendecomposition) and at L = 256 under the spec's row, r_L = 64
+# (float64)
+SHAMPOO_EPS = registry.own_default("shampoo", "matrix_eps")
+EPS_AT_DEPTHS = [SHAMPOO_EPS, SHAMPOO_EPS / 64**2]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(256, 64), (64, 256)])
+def test_one_step_on_low_rank_gradients_stays_within_lr(shape, dtype):
+    """||dW||_2 <= lr up to rounding at every gradient scale: an absolute eps of 1e-16 stepped a rank-3 float32
+    product 63 lr at 256 x 64, and 1e-8 stepped it 8 lr at scale 1e3 (python -m bench.shampoo_eps)."""
+    for rank, scale in [(1, 1e-6), (3, 1.0), (8, 1e3)]:
+        for eps in EPS_AT_DEPTHS:
+            assert step_norms([low_rank(*shape, rank, dtype, seed=rank, scale=scale)], eps)[0] <= 1.5, (rank, eps)
+
+
+def test_one_step_stays_within_lr_at_1024_by_256_and_one_side_at_1024_by_4096():
+    """A rank-3 float32 product (bf16's noise is loud enough for any eps, bench.shampoo_eps). At 1024 x 256 the
+    whole step (an absolute eps of 1e-16: 178 lr); at the MLP's 1024 x 4096 only its 1024 side, whose root carries
+    the rounding-level eigenvalues (a 4096^2 eigendecomposition takes ~30 s here): the one-sided step
+    ||(L + eps lambda_max I)^-1/2 G||_2 <= 1 with L = G G^T, its square being ||root^2 L root^2||_2."""
+    g = low_rank(1024, 256, 3, torch.float32, seed=0)
+    for eps in EPS_AT_DEPTHS:
+        assert step_norms([g], eps)[0] <= 1.5, eps
+    g = low_rank(1024, 4096, 3, torch.float32, seed=0).double()
+    L = g @ g.T
+    for eps in EPS_AT_DEPTHS:
+        root2 = shampoo.inverse_fourth_root(L, eps).matrix_power(2)
+        assert torch.linalg.matrix_norm(root2 @ L @ root2, 2) <= 1.5**2, eps
+
+
+def test_kept_roots_never_step_past_lr(monkeypatch):
+    """Twelve low-rank gradients, each in directions the statistics have not seen: kept roots amplify them by up
+    to (eps lambda_max)^-1/4 on each side (unscaled: up to 333 lr, 21,000 lr at eps / 64^2), and only the
+    scaling keeps the steps within lr."""
+    grads = {dtype: [low_rank(256, 64, 3, dtype, seed=s) for s in range(12)] for dtype in (torch.float32,
+                                                                                          torch.bfloat16)}
+    for dtype, gs in grads.items():
+        for eps in EPS_AT_DEPTHS:
+            assert max(step_norms(gs, eps, interval=10)) <= 1.5, (dtype, eps)
+    monkeypatch.setattr(shampoo, "spectral_norm", lambda a: torch.ones(()))  # no scaling
+    assert max(step_norms(grads[torch.float32], SHAMPOO_EPS, interval=10)) > 100
+
+
+@pytest.mark.parametrize("shape", [(256, 64), (64, 256)])
+def test_float32_eigendecompositions_hold_against_float64_where_used(shape, monkeypatch):
+    """At eps >= FLOAT32_EPS the eigendecomposition runs in float32: on low-rank bf16 gradients (a continuum of
+    rounding-noise eigenvalues near eps, the hardest case measured) the step stays within 1% of lr of the
+    float64 one's."""
+    for rank in (1, 3, 8):
+        g = low_rank(*shape, rank, torch.bfloat16, seed=rank)
+        for eps in (shampoo.FLOAT32_EPS, SHAMPOO_EPS):
+            got = one_update(g, eps)
+            with monkeypatch.context() as m:
+                m.setattr(shampoo, "FLOAT32_EPS", math.inf)  # float64 everywhere
+                want = one_update(g, eps)
+            assert 0 < torch.linalg.matrix_norm(got - want, 2) <= 0.01, (rank, eps)
+
+
+def one_update(g, eps) -> torch.Tensor:
+    p = torch.nn.Parameter(torch.zeros(g.shape, dtype=torch.float64))
+    p.grad = g.double()
+    Shampoo([p], lr=1.0, eps=eps).step()
+    return -p.detach()
 
 
 # ---- SOAP (Vyas et al. 2024, Algorithm 3; the authors' code): step 1 only fills L, R and takes their
