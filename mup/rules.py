@@ -88,10 +88,31 @@ def shampoo(d: float) -> dict[str, Update]:
 
 
 def soap(d: float) -> dict[str, Update]:
-    """Table C (Muon, also SOAP) and the k = 1 row. Hidden matrices only. The paper gives SOAP no epsilon row;
-    SOAP's epsilon is Adam's, added to the root of the second moment of the rotated gradient, so it is in
-    gradient units where Shampoo's is in squared units: this row is the square root of Shampoo's (derived
-    here, not printed in the paper)."""
+    """SOAP's own row, measured here (not the paper's; `soap_table_c` is the paper's). Hidden matrices only.
+
+    The paper puts SOAP in Table C by reducing it to Muon: momentum dropped, beta2 = 0, eps = 0 and the eigenbasis
+    of the current gradient, so that Adam in that basis is sign(Sigma) = U V^T, an orthogonalized update of
+    width-constant spectral norm per unit lr. The SOAP that runs keeps Adam's second moments in a basis built from
+    earlier gradients: every rotated entry is normalized to Theta(1), as AdamW's entries are, and ||Delta W||_R / lr
+    grows with n (40, 74, 146, 297 at n = 32 ... 256 on the CPU-tiny model). The spectral condition then asks for
+    an lr between Muon's r_n^0 (basis aligned with the gradient) and Adam's r_n^-1 (entries independent). Measured
+    by the CPU-tiny width coordinate check (configs/coord/tiny_width_soap.yaml; max/min of ||h_L||_R over 8x width):
+    r_n^-1 1.84x, r_n^-7/8 1.05x, r_n^-3/4 2.03x (Table C: 87x; SP: 121x). The row ships -7/8 (what held, not a
+    clean exponent), with weight decay r_n^+7/8 so that lr x wd (decoupled decay per step) stays width-constant,
+    and Adam's hidden eps row (gradient units, as AdamW's). Depth follows the other hidden rows: lr
+    r_L^(alpha_d - 1), eps r_L^-alpha_d."""
+    return {"hidden": Update(
+        lr=Exp(width=-7 / 8, depth=d - 1),     # k>=2: eta / r_n^(7/8)           k=1: eta / (r_n^(7/8) sqrt(r_L))
+        wd=Exp(width=7 / 8),                   # k>=2: lambda r_n^(7/8)          k=1: lambda r_n^(7/8)
+        eps=Exp(width=-1, depth=-d),           # k>=2: eps / (r_n r_L)           k=1: eps / (r_n sqrt(r_L))
+    )}
+
+
+def soap_table_c(d: float) -> dict[str, Update]:
+    """The paper's SOAP row: Table C (Muon, also SOAP) and the k = 1 row, selected by scaling.paper_rows=true.
+    Hidden matrices only. The paper gives SOAP no epsilon row; SOAP's epsilon is Adam's, added to the root of the
+    second moment of the rotated gradient, so it is in gradient units where Shampoo's is in squared units: this
+    row's eps is the square root of Shampoo's (derived here, not printed in the paper)."""
     return {"hidden": Update(
         lr=Exp(depth=d - 1),                  # k>=2: eta                      k=1: eta / sqrt(r_L)
         wd=BASE,                              # k>=2: lambda                   k=1: lambda
@@ -171,5 +192,5 @@ def sgd(d: float) -> dict[str, Update]:
 
 # The row of each update rule (optim/registry.py names the rule of each optim.name's hidden and other tensors);
 # Sophia's row is AdamW's, epsilon included (Table B)
-UPDATES = {"muon_kimi": muon_kimi, "muon": muon, "shampoo": shampoo, "soap": soap, "soap_table_c": soap, "sso": sso,
-           "adamw": adamw, "lion": lion, "sophia": adamw, "sgd": sgd}
+UPDATES = {"muon_kimi": muon_kimi, "muon": muon, "shampoo": shampoo, "soap": soap, "soap_table_c": soap_table_c,
+           "sso": sso, "adamw": adamw, "lion": lion, "sophia": adamw, "sgd": sgd}

@@ -29,9 +29,9 @@ def cfg_at(n, L, p="mup", opt="muon_kimi", **extra):
     return load_config(None, over)
 
 
-def expected(p, opt, role, n, L, adamw_ratio=1.0):
+def expected(p, opt, role, n, L, adamw_ratio=1.0, paper_rows=False):
     """(init_std, multiplier, lr, wd, eps, optimizer) of a tensor role, straight from docs/SPEC-mup.md; the AdamW
-    half of a hybrid runs at adamw_ratio x its table's lr."""
+    half of a hybrid runs at adamw_ratio x its table's lr; paper_rows: the paper's row where a measured one is used."""
     rn, rL = n / 256, L / 4
     if p == "sp":
         rn = rL = 1.0
@@ -48,6 +48,9 @@ def expected(p, opt, role, n, L, adamw_ratio=1.0):
     eps = None
     if o == "muon_kimi":  # Table A; k=1 row Muon-Kimi
         lr, wd = (ETA / sq(rn * rL), LAM * sq(rn)) if k1 else (ETA / sq(rn), LAM * sq(rn))
+    elif o == "soap" and not paper_rows:  # SOAP's measured row (SPEC-mup: measured deviation); k=1 row
+        lr, wd = (ETA / (rn**0.875 * sq(rL)), LAM * rn**0.875) if k1 else (ETA / rn**0.875, LAM * rn**0.875)
+        eps = MATRIX_EPS / (rn * sq(rL)) if k1 else MATRIX_EPS / (rn * rL)
     elif o in ("muon", "shampoo", "soap", "sso"):  # Table C (Muon, Shampoo, SOAP), Table E (SSO); k=1 rows
         lr, wd = (ETA / sq(rL), LAM) if k1 else (ETA, LAM)
         if o == "shampoo":  # v2's Shampoo eps row; k=1: eps / r_L
@@ -96,6 +99,19 @@ def test_table_matches_spec(n, L, p, opt):
         want = (std, mult, lr, wd, eps)
         assert all(close(g, e) for g, e in zip(got, want)), (t.name, got, want)
         assert t.optimizer == o, t.name
+
+
+@pytest.mark.parametrize("n,L", SHAPES)
+@pytest.mark.parametrize("p", PARAMS)
+def test_soap_paper_row_is_table_c(n, L, p):
+    """scaling.paper_rows=true gives SOAP's hidden matrices Table C's row; nothing else changes."""
+    cfg = cfg_at(n, L, p, "soap", **{"scaling.paper_rows": True})
+    for t in table_for(cfg):
+        want = expected(p, "soap", t.role, n, L, cfg.optim.adamw_lr_ratio, paper_rows=True)
+        assert all(close(g, e) for g, e in zip((t.init_std, t.multiplier, t.lr, t.weight_decay, t.eps), want[:5]))
+    measured = {t.name: t for t in table_for(cfg_at(n, L, p, "soap"))}
+    differs = any(not close(measured[t.name].lr, t.lr) for t in table_for(cfg) if t.role == "hidden")
+    assert differs == (p != "sp" and n != 256)  # the rows part in width only
 
 
 @pytest.mark.parametrize("p", PARAMS)
