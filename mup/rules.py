@@ -104,7 +104,7 @@ def soap(d: float) -> dict[str, Update]:
     return {"hidden": Update(
         lr=Exp(width=-7 / 8, depth=d - 1),     # k>=2: eta / r_n^(7/8)           k=1: eta / (r_n^(7/8) sqrt(r_L))
         wd=Exp(width=7 / 8),                   # k>=2: lambda r_n^(7/8)          k=1: lambda r_n^(7/8)
-        eps=Exp(width=-1, depth=-d),           # k>=2: eps / (r_n r_L)           k=1: eps / (r_n sqrt(r_L))
+        eps=adamw(d)["hidden"].eps,            # k>=2: eps / (r_n r_L)           k=1: eps / (r_n sqrt(r_L))
     )}
 
 

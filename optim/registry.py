@@ -55,8 +55,9 @@ OPTIMIZERS = {
     # SOAP's paper (Vyas et al. 2024): beta = (0.95, 0.95), eps 1e-8, eigenbases every 10 steps; every side of the
     # paper's widths preconditioned (the MLP's 4n = 16384 at n = 4096; pytorch_optimizer's 10,000 would stop at 2,500)
     "soap": Optimizer("soap", "adamw", "SOAP (Vyas et al. 2024: Adam in Shampoo's eigenbasis) for hidden matrices"
-                      " under the row measured here (scaling.paper_rows=true: Table C), AdamW for the rest", {"betas": [0.95, 0.95], "adamw_lr_ratio": 1.0, "matrix_eps": 1e-8,
-                                             "precondition_interval": 10, "max_precondition_dim": 16384},
+                      " under the row measured here (scaling.paper_rows=true: Table C), AdamW for the rest",
+                      {"betas": [0.95, 0.95], "adamw_lr_ratio": 1.0, "matrix_eps": 1e-8, "precondition_interval": 10,
+                       "max_precondition_dim": 16384},
                       paper_row="soap_table_c"),
     # SSO's hidden lr is width-constant as Muon's original (Table E): the Muon-AdamW setting, AdamW half at eta / 10
     "sso": Optimizer("sso", "adamw", "the Spectral Sphere Optimizer (Xie et al. 2026) for hidden matrices, AdamW at"
