@@ -146,8 +146,10 @@ def peak_rss_mib(fn, *args) -> float:
 def _gloo_rank(rank, fn, world, init, args):
     import torch.distributed as dist
 
+    from trainer.runtime import init_process_group
+
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     try:
         fn(rank, world, *args)
     finally:

@@ -208,31 +208,28 @@ def test_every_optimizer_resumes_bitwise(tmp_path, tiny_corpus, straight_runs, n
 
 
 def train_on_ranks(rank, world, runs):
-    """train.main on rank `rank` of `world` for each (overrides, port) of `runs`, as torchrun would start it."""
+    """train.main on rank `rank` of `world` for each (overrides, port) of `runs`, as torchrun starts it: the
+    rendezvous store is already listening on `port` (the agent's, here the test's), every rank its client."""
     torch.set_num_threads(1)
     for argv, port in runs:
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))
+                          MASTER_PORT=str(port), TORCHELASTIC_USE_AGENT_STORE="True")
         train.main(argv)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory, tiny_corpus):
     """{optimizer: directory} of each optimizer's run on 2 gloo processes (micro-batch 4 each), all in one pair
     of spawned processes: Python and torch start once for every optimizer."""
+    import torch.distributed as dist
     import torch.multiprocessing as mp
 
     root = tmp_path_factory.mktemp("two")
-    runs = [(overrides({**every(name, tiny_corpus), "train.out_dir": root / name}), free_port())
-            for name in registry.OPTIMIZERS]
+    # one store per run, bound to a port the kernel picks and held until the runs end: a port picked free
+    # and bound later could meanwhile be taken by another test's process
+    stores = [dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False) for _ in registry.OPTIMIZERS]
+    runs = [(overrides({**every(name, tiny_corpus), "train.out_dir": root / name}), store.port)
+            for name, store in zip(registry.OPTIMIZERS, stores)]
     mp.spawn(train_on_ranks, args=(2, runs), nprocs=2)
     return {name: root / name for name in registry.OPTIMIZERS}
 

@@ -208,3 +208,35 @@ def test_ddp_gradients_stay_bucket_views_on_every_micro_step(tmp_path, tiny_corp
         assert all(len(s) == 6 for s in storages.values())  # 3 steps x 2 micro-batches
         assert all(len(set(s[2:])) == 1 for s in storages.values())  # after the first step: one storage each
         assert len({s[-1] for s in storages.values()}) < len(storages) / 4  # shared: a few buckets
+
+
+def threads_around_a_group(rank, world, init, out):
+    """This process's threads before a gloo group, while it and an optimizer exist, and after its destroy."""
+    import torch.distributed as dist
+
+    from trainer.runtime import init_process_group
+
+    def threads():
+        return len(os.listdir("/proc/self/task"))  # C++ threads too, which threading does not list
+
+    torch.set_num_threads(1)
+    before = threads()
+    init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))])  # torch.optim imports dynamo
+    dist.all_reduce(torch.ones(2))
+    during = threads()
+    dist.destroy_process_group()
+    (out / f"threads{rank}.json").write_text(json.dumps([before, during, threads()]))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_destroying_the_group_ends_gloos_threads(tmp_path):
+    """After destroy_process_group no gloo worker thread is left to run into interpreter shutdown, where freeing
+    a collective's tensor aborts the process that has finished its run (trainer/runtime.py's
+    init_process_group)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(threads_around_a_group, args=(2, str(tmp_path / "init"), tmp_path), nprocs=2)
+    for rank in range(2):
+        before, during, after = json.loads((tmp_path / f"threads{rank}.json").read_text())
+        assert during > before and after == before

@@ -43,11 +43,11 @@ class Runtime:
             torch.cuda.set_device(self.device)
         if self.ddp:
             cuda = self.device.type == "cuda"
-            dist.init_process_group("nccl" if cuda else "gloo", device_id=self.device if cuda else None)
+            init_process_group("nccl" if cuda else "gloo", device_id=self.device if cuda else None)
 
     def stop(self, together: bool):
-        """Leave the process group; ranks that all got to the end meet first, since a rank tearing gloo or
-        NCCL down while rank 0 still writes can abort it (1 in ~5 two-process runs did)."""
+        """Leave the process group; ranks that all got to the end meet first, so that none tears the group down
+        while another still writes."""
         if self.ddp and dist.is_initialized():
             if together:
                 dist.barrier()
@@ -67,6 +67,17 @@ class Runtime:
 
     def mean(self, t: torch.Tensor) -> torch.Tensor:
         return self.sum(t) / self.world
+
+
+def init_process_group(backend: str, **kwargs) -> None:
+    """torch.distributed's, with dynamo imported first. Imported while a group exists (torch.optim's optimizers
+    import it), dynamo keeps that group alive past destroy_process_group (torch 2.13), so gloo's worker threads
+    run on into interpreter shutdown, where one freeing a collective's tensor takes the GIL and aborts the
+    finished process (SIGABRT, "terminate called without an active exception": about 1 in 80 two-process runs
+    on 2 loaded cores). Imported first, it holds nothing and the destroy joins those threads."""
+    import torch._dynamo  # noqa: F401
+
+    dist.init_process_group(backend, **kwargs)
 
 
 def check_cuda(local_rank: int, dtype: str) -> None:
