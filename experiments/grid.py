@@ -135,8 +135,9 @@ def sweep_files(directory: Path) -> list[Path]:
     return [path for path in paths if "grid" in (yaml.safe_load(path.read_text()) or {})]
 
 
-def load_sweep(path: Path, out: Path) -> Sweep:
-    """The expanded grid, every run validated; a ConfigError names the first bad run and key."""
+def load_sweep(path: Path, out: Path, extra: dict | None = None) -> Sweep:
+    """The expanded grid, every run validated; a ConfigError names the first bad run and key. `extra` (the
+    command line's key=value) is set in every run like the file's overrides:, and wins over them."""
     path = Path(path)
     spec = read_sweep_file(path)
     base = (path.parent / str(spec["base"])).resolve()
@@ -149,6 +150,9 @@ def load_sweep(path: Path, out: Path) -> Sweep:
         raise ConfigError(f"{path}: overrides: expected a mapping of config keys to values, got {fixed!r}")
     for key in fixed:
         check_key(key, "overrides", shorthands=False)
+    for key in extra or {}:
+        check_key(key, "command line", shorthands=False)
+    fixed = {**fixed, **(extra or {})}
     points = grid_points(spec["grid"])
     for key in dict.fromkeys(key for point in points for key in point):
         check_key(key, "grid", shorthands=True)
@@ -164,9 +168,10 @@ def load_sweep(path: Path, out: Path) -> Sweep:
             raise ConfigError(f"grid: two runs are both named {name}")
         names.add(name)
         swept = dict(expand(key, value) for key, value in point.items())
-        if len(swept) < len(point) or swept.keys() & fixed.keys() or (swept.keys() | fixed.keys()) & set(RESERVED):
-            raise ConfigError(f"run {name}: a key is set twice (grid, overrides, seeds), or is one the sweep sets"
-                              f" ({', '.join(RESERVED)})")
+        twice = sorted(swept.keys() & fixed.keys() | (swept.keys() | fixed.keys()) & set(RESERVED))
+        if len(swept) < len(point) or twice:
+            raise ConfigError(f"run {name}: {', '.join(twice) or 'a key'} set twice (grid, overrides or the command"
+                              f" line, seeds), or one the sweep sets ({', '.join(RESERVED)})")
         overrides = {**fixed, **swept}
         try:
             cfg = from_flat({**values, **parse_overrides(train_args(overrides, out / name))})

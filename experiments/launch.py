@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from config import ConfigError, flatten, validate
+from config import ConfigError, flatten, parse_overrides, validate
 from experiments import cost, processes, scoring, slurm
 from experiments.grid import Run, Sweep, load_sweep, write_plan
 from trainer import checkpoint
@@ -43,6 +43,7 @@ class Options:
     """How to launch a sweep: scripts/sweep.py's command line, one field per option."""
     sweep: Path  # the sweep file
     out: Path  # the sweep's directory: one subdirectory per run
+    overrides: list[str] = dataclasses.field(default_factory=list)  # key=value set in every run
     workers: int | None = None  # local runs at a time; None: one per group of gpus_per_run visible GPUs, else 1
     gpus_per_run: int = 1  # > 1: torchrun, DDP
     backend: str = "local"  # one of BACKENDS
@@ -67,7 +68,7 @@ class Plan:
 
 def plan(o: Options) -> Plan:
     """The sweep's runs to launch, every one validated on its GPUs; a ConfigError before anything is written."""
-    sweep = load_sweep(o.sweep, o.out)
+    sweep = load_sweep(o.sweep, o.out, parse_overrides(o.overrides))
     runs = sweep.runs
     if o.only:
         unknown = set(o.only) - {run.name for run in runs}

@@ -1,13 +1,14 @@
-"""Run a grid of training runs: python scripts/sweep.py SWEEP.yaml --out DIR [--workers N]
+"""Run a grid of training runs: python scripts/sweep.py SWEEP.yaml --out DIR [--workers N] [key=value ...]
 
 A sweep file is a `base:` run config, a `grid:` of keys -> lists, optional `overrides:` and `seeds:`
-(experiments/grid.py). Each run is `python train.py BASE key=value ... train.out_dir=DIR/NAME
-train.resume=auto`, trained by one of --workers long-lived worker processes that train their runs one after
-another (--isolate, or --gpus-per-run > 1: a process per run); running the same command again skips finished
-runs and resumes the others (experiments/launch.py; one run: experiments/processes.py). --dry-run prints the
-runs, their GPU-hours and estimated peak GPU memory, and starts nothing. --backend slurm submits one
-checkpointable job per run (experiments/slurm.py); --backend local-submitit runs the same jobs as local
-processes. --eval-data DATASET scores every done run on a second corpus (experiments/scoring.py).
+(experiments/grid.py); key=value arguments are set in every run, winning over the file's overrides:. Each run is
+`python train.py BASE key=value ... train.out_dir=DIR/NAME train.resume=auto`, trained by one of --workers
+long-lived worker processes that train their runs one after another (--isolate, or --gpus-per-run > 1: a process
+per run); running the same command again skips finished runs and resumes the others (experiments/launch.py; one
+run: experiments/processes.py). --dry-run prints the runs, their GPU-hours and estimated peak GPU memory, and
+starts nothing. --backend slurm submits one checkpointable job per run (experiments/slurm.py); --backend
+local-submitit runs the same jobs as local processes. --eval-data DATASET scores every done run on a second corpus
+(experiments/scoring.py).
 """
 
 import argparse
@@ -34,6 +35,8 @@ def parse_args(argv=None) -> Options:
     # an option not given is left out, so that its default is Options' (declared once, there)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS)
     ap.add_argument("sweep", type=Path, help="sweep YAML (see configs/sweeps/)")
+    ap.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="config keys set in every run, like the sweep file's overrides: (and winning over them)")
     ap.add_argument("--out", type=Path, required=True, help="directory of the sweep: one subdirectory per run")
     ap.add_argument("--workers", type=positive_int, help="local runs at a time (default: one per GPU group, else 1)")
     ap.add_argument("--gpus-per-run", type=positive_int, help="GPUs of each run (> 1: torchrun, DDP; default 1)")
@@ -59,7 +62,7 @@ def parse_args(argv=None) -> Options:
     slurm.add_argument("--cpus-per-run", type=positive_int, help="CPUs of a job in all (instead of --cpus-per-gpu)")
     slurm.add_argument("--array-parallelism", type=positive_int,
                        help=f"jobs of the array running at once (default {Options.array_parallelism})")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # key=value may come before or after the options
     return Options(**{**vars(args), "out": args.out.resolve()})
 
 

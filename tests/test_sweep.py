@@ -74,6 +74,27 @@ def test_a_bad_grid_is_rejected_before_anything_runs(tmp_path, launches, capsys,
     assert launches == [] and not (tmp_path / "out").exists()
 
 
+def test_key_value_arguments_set_every_run_and_win_over_the_files_overrides(tmp_path, launches, capsys):
+    path = write_sweep(tmp_path / "s.yaml", {"model.n_embd": [32, 64]}, {"model.head_dim": 32, "optim.lr": 0.01})
+    out = tmp_path / "out"
+    assert sweep.main([str(path), "optim.lr=0.02", "--out", str(out), "train.seed=7"]) == 0  # before or after options
+    assert sorted(launches) == ["n_embd=32", "n_embd=64"]
+    plan = json.loads((out / "sweep.json").read_text())["runs"]
+    assert [(o["optim.lr"], o["train.seed"]) for o in plan.values()] == [(0.02, 7), (0.02, 7)]
+    for run in grid.load_sweep(path, out, {"optim.lr": 0.02, "train.seed": 7}).runs:
+        assert (run.config.optim.lr, run.config.train.seed) == (0.02, 7)
+        (run.dir / "run.json").write_text(json.dumps({"status": "done", "config": to_dict(run.config)}))
+    assert sweep.main([str(path), "--out", str(out), "optim.lr=0.02", "train.seed=7"]) == 0 and len(launches) == 2
+    assert sweep.main([str(path), "--out", str(out)]) == 2  # without them it is another sweep: refused, not mixed
+    assert "made with another config" in capsys.readouterr().err
+    for bad, message in [("model.n_embd=48", "model.n_embd set twice"), ("train.out_dir=x", "train.out_dir set twice"),
+                         ("optim.lrr=1", "command line: unknown config key 'optim.lrr'"),
+                         ("optim.lr", "not of the form key=value")]:
+        assert sweep.main([str(path), "--out", str(tmp_path / "other"), bad]) == 2
+        assert message in capsys.readouterr().err
+    assert len(launches) == 2 and not (tmp_path / "other").exists()
+
+
 BAD_FILES = [  # (sweep file text, what the one-line message says)
     ("base: {default}\ngrid:\n  log2_lr: [-7, -6\n", "s.yaml line 4: YAML syntax error"),
     ("base: {default}\ngrid:\n  model.n_emb: [32]\n", "grid: unknown config key 'model.n_emb' (did you mean"
