@@ -88,7 +88,7 @@ sweep wd_width
 # v2: the Muon-AdamW variant of Fig. 1(c). paper: 72 runs, 23.4 H100-hours. tiny: 48 runs, 34 CPU-min.
 sweep width_muon
 # v2: the Shampoo-AdamW and Sophia variants of Fig. 1(c). paper: 72 runs each, 23.4 H100-hours each for the model
-# (plus Shampoo's float64 eigendecompositions, not estimated). tiny: about 9 and 5 minutes measured on one thread.
+# (plus Shampoo's eigendecompositions every 100 steps, not estimated). tiny: about 9 and 5 minutes measured on one thread.
 sweep width_shampoo
 sweep width_sophia
 # Total sweeps: --dry-run adds them up (paper 542 runs, 134 H100-hours before Shampoo's preconditioners).
