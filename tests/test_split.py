@@ -128,6 +128,27 @@ def test_split_step_state_and_checkpoint_are_the_unsplit_ones_bitwise(tmp_path, 
     assert max(r["bytes"] for r in ranks) == cost.optimizer_bytes(split_config(name), world=2, device="cpu")[0]
 
 
+def gathers_agree(rank, world, out):
+    """Each rank holds only its own matrices' new values; both ways of sending them (gloo's broadcasts, NCCL's
+    all-gather of padded shares) leave every rank with all of them, bit for bit."""
+    cfg = split_config("muon_kimi")
+    _, opt = fresh(cfg, split=True)
+    inner = opt.optimizers[registry.rules_of("muon_kimi")[0]]
+    new = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) for i, p in enumerate(inner.params)]
+    assert inner.broadcasts  # gloo's way by default
+    for broadcasts in (True, False):
+        inner.broadcasts = broadcasts
+        with torch.no_grad():
+            for p, v, r in zip(inner.params, new, inner.owners):
+                p.copy_(v if r == rank else torch.zeros_like(v))
+        inner.gather()
+        assert all(torch.equal(p, v) for p, v in zip(inner.params, new)), broadcasts
+
+
+def test_both_gathers_hand_every_rank_every_matrix(tmp_path):
+    gloo(gathers_agree, 2, tmp_path)
+
+
 def train_py(out, world, run, env, **extra):
     """train.py on `world` processes (torchrun, gloo) with `run` and `extra` set."""
     import subprocess
