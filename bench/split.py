@@ -73,7 +73,7 @@ def one_run(world: int, split: bool, steps: int, warmup: int) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.split", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=3, help="each candidate once per round, in rotated order")
+    ap.add_argument("--rounds", type=int, default=5, help="each candidate once per round, in rotated order")
     ap.add_argument("--steps", type=int, default=8, help="timed steps per run")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--no-record", action="store_true", help="print only (e.g. on a busy machine)")
