@@ -3,7 +3,7 @@
 Loads RUN_DIR/ckpt.pt (the run's latest checkpoint) and its config, and continues the prompt with the run's own
 tokenizer, on the run's device and numerics (bf16 autocast on CUDA unless the run said otherwise; --device
 overrides). No prompt starts at the beginning of a document (the end-of-text token). The same --seed gives the
-same text. A missing, foreign or unreadable checkpoint is a one-line error.
+same text; samples are drawn one after another, so a sample does not depend on how many are asked for. A missing, foreign or unreadable checkpoint is a one-line error.
 """
 
 import argparse
@@ -61,15 +61,15 @@ def main(argv=None):
         sys.exit(f"error: {str(e).splitlines()[0]}")
     tokenizer = get_tokenizer(cfg.data.tokenizer)
     ids = [tokenizer.eot, *tokenizer.encode_batch([prompt])[0].tolist()] if prompt else [tokenizer.eot]
-    idx = torch.tensor([ids] * args.num_samples, device=rt.device)
+    idx = torch.tensor([ids], device=rt.device)
     generator = torch.Generator(rt.device).manual_seed(args.seed)
-    with rt.autocast:
-        out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k or None,
-                             vocab=tokenizer.vocab_size, generator=generator)
     print(f"# {args.run_dir}: step {ckpt['step']}, {cfg.data.tokenizer} tokens, seed {args.seed}", file=sys.stderr)
-    for row in out.tolist():
-        print(prompt + decode(tokenizer, row[len(ids):]))
-        print("-" * 40)
+    for _ in range(args.num_samples):  # one after another, so that a sample does not depend on how many follow it
+        with rt.autocast:
+            out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k or None,
+                                 vocab=tokenizer.vocab_size, generator=generator)
+        print(prompt + decode(tokenizer, out[0, len(ids):].tolist()))
+        print("-" * 40, flush=True)
 
 
 if __name__ == "__main__":
