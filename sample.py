@@ -3,7 +3,8 @@
 Loads RUN_DIR/ckpt.pt (the run's latest checkpoint) and its config, and continues the prompt with the run's own
 tokenizer, on the run's device and numerics (bf16 autocast on CUDA unless the run said otherwise; --device
 overrides). No prompt starts at the beginning of a document (the end-of-text token). The same --seed gives the
-same text; samples are drawn one after another, so a sample does not depend on how many are asked for. A missing, foreign or unreadable checkpoint is a one-line error.
+same text; samples are drawn one after another, so a sample does not depend on how many are asked for. A
+missing, foreign or unreadable checkpoint is a one-line error.
 """
 
 import argparse

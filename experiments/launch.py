@@ -86,11 +86,11 @@ def plan(o: Options) -> Plan:
     # keys that only change how a run is watched or launched (wandb's group and name, intervals) may differ
     stale = {run.name: diff for run in runs if recorded[run.name].get("status") in FINISHED
              and "config" in recorded[run.name]
-             and (diff := checkpoint.differences(flatten(recorded[run.name]["config"]), run.config))}
+             and (diff := checkpoint.differences(flatten(recorded[run.name]["config"]), run.config, "run"))}
     if stale:  # skipping them would mix results of two different configs in one table
         name, diff = next(iter(stale.items()))
         raise ConfigError(f"{len(stale)} finished runs in {o.out} were made with another config than"
-                          f" {o.sweep} now gives (e.g. {name}: {'; '.join(diff).replace('checkpoint', 'run')});"
+                          f" {o.sweep} now gives (e.g. {name}: {'; '.join(diff)});"
                           f" delete them or use another --out")
     return Plan(sweep, runs, [run for run in runs if recorded[run.name].get("status") not in FINISHED])
 

@@ -25,10 +25,11 @@ def is_free(key: str) -> bool:
     return any(key == f or (f.endswith(".") and key.startswith(f)) for f in FREE)
 
 
-def differences(saved: dict, cfg: Config) -> list[str]:
-    """'key: checkpoint A vs config B' for every trajectory setting that differs."""
+def differences(saved: dict, cfg: Config, saved_as: str = "checkpoint") -> list[str]:
+    """'key: checkpoint A vs config B' for every trajectory setting that differs (`saved_as` names the saved side)."""
     ours, saved = flat_dict(cfg), with_defaults(saved)
-    return [f"{k}: checkpoint {saved[k]!r} vs config {ours[k]!r}" for k in ours if not is_free(k) and saved[k] != ours[k]]
+    return [f"{k}: {saved_as} {saved[k]!r} vs config {ours[k]!r}" for k in ours
+            if not is_free(k) and saved[k] != ours[k]]
 
 
 def load(path: Path, cfg: Config) -> dict:
